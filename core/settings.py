@@ -36,6 +36,9 @@ class ModelTier(BaseModel):
         description="For the embedded server: a Jinja chat template file, or the name of one in core/templates "
         "('plain-completion' lets a base model answer). None: the GGUF's own template.",
     )
+    stop: list[str] = Field(
+        default_factory=list, description="Stop sequences sent with every request (a base model needs them)."
+    )
     context_tokens: int = Field(4096, description="Context window the server is started with.")
     threads: int = Field(1, description="CPU threads for the embedded server (1 stays steady under load).")
     timeout_s: float = Field(120.0, description="Per-request timeout, seconds.")
@@ -81,7 +84,9 @@ class Settings(BaseSettings):
     max_archive_members: int = Field(10_000, description="Most files one archive may hold.")
     max_archive_ratio: float = Field(200.0, description="Largest uncompressed/compressed ratio of an archive member.")
 
-    small: ModelTier = ModelTier(model="gemma-3-270m", gguf="gemma3-270m", chat_template="plain-completion")
+    small: ModelTier = ModelTier(
+        model="gemma-3-270m", gguf="gemma3-270m", chat_template="plain-completion", stop=["\n\n", "\nQuestion:"]
+    )
     large: ModelTier = ModelTier(model="qwen2.5-coder-1.5b-instruct", gguf="qwen2.5-coder-1.5b-instruct")
     serve_large: bool = Field(True, description="Start the embedded large tier (off: small tier only).")
 

@@ -1,0 +1,111 @@
+"""The ingestion worker: an arq `Worker` running the ingestion jobs.
+
+`sieve worker` runs one as its own process (scale out by starting more, against a Qdrant
+server and a shared Redis and database); in the embedded default `sieve serve` runs one
+inside the API process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from arq import Worker
+from arq.connections import RedisSettings
+from arq.constants import in_progress_key_prefix
+from arq.worker import func
+
+from core.resources import Resources
+from core.settings import Settings
+from ingest import catalog
+from ingest.jobs import QUEUE_NAME, enqueue_ingest, ingest_file, unfinished_ingest_files
+from ingest.pipeline import DocumentIngestor, IngestConfig
+
+log = logging.getLogger(__name__)
+
+FILE_TIMEOUT_S = 3 * 3600  # one very large PDF on 2 cores can take an hour to embed
+
+
+class IngestServices:
+    """What ingestion jobs use: the database, and a `DocumentIngestor` per collection."""
+
+    def __init__(self, resources: Resources):
+        self.resources = resources
+        self.db = resources.db
+
+    async def ingestor_for(self, tenant: str, collection: str) -> DocumentIngestor:
+        record = await catalog.get_collection(self.db, tenant=tenant, name=collection)
+        r = self.resources
+        return DocumentIngestor(
+            store=r.store,
+            embedder=r.embedder,
+            kv=r.kv,
+            tenant=tenant,
+            collection=collection,
+            vector_name=record.vector_name,
+            config=IngestConfig(
+                chunk_tokens=r.settings.chunk_tokens,
+                chunk_overlap=r.settings.chunk_overlap,
+                pdf_strategy=r.settings.pdf_strategy,
+                embedding_model=record.embedding_model,
+                module=record.domain,
+            ),
+        )
+
+
+def build_worker(resources: Resources, *, burst: bool = False, max_jobs: int = 2) -> Worker:
+    """An arq worker for the ingestion queue sharing `resources` (not started)."""
+    return Worker(
+        functions=[func(ingest_file, name="ingest_file", timeout=FILE_TIMEOUT_S, max_tries=5)],
+        queue_name=QUEUE_NAME,
+        # Its own connection pool: `Worker.close` closes the pool it uses.
+        redis_settings=RedisSettings.from_dsn(resources.redis_url),
+        ctx={"sieve": IngestServices(resources)},
+        handle_signals=False,
+        burst=burst,
+        max_jobs=max_jobs,
+        poll_delay=0.2,
+        keep_result=3600,
+    )
+
+
+async def recover(resources: Resources, *, exclusive: bool) -> int:
+    """Re-enqueue every unfinished file (idempotent thanks to deterministic arq job ids).
+
+    `exclusive`: this process is the only worker (the embedded default), so in-progress
+    markers left by a previous, killed run are stale and are cleared to retry at once
+    instead of after the job timeout."""
+    pending = await unfinished_ingest_files(resources.db)
+    if exclusive:
+        keys = [in_progress_key_prefix + f"{job_id}:{position}" for job_id, position in pending]
+        if keys:
+            await resources.redis.delete(*keys)
+    by_job: dict[str, list[int]] = {}
+    for job_id, position in pending:
+        by_job.setdefault(job_id, []).append(position)
+    for job_id, positions in by_job.items():
+        await enqueue_ingest(resources.redis, job_id, positions)
+    if pending:
+        log.info("re-enqueued %d unfinished file(s) from %d job(s)", len(pending), len(by_job))
+    return len(pending)
+
+
+async def run_worker(settings: Settings, *, burst: bool = False, exclusive: bool = False) -> None:
+    """Run a standalone worker until cancelled (or, with `burst`, until the queue is empty)."""
+    resources = await Resources.open(settings, models=False)
+    try:
+        await recover(resources, exclusive=exclusive)
+        worker = build_worker(resources, burst=burst)
+        try:
+            await worker.async_run()
+        finally:
+            await worker.close()
+    finally:
+        await resources.close()
+
+
+def worker_task(resources: Resources) -> tuple[Worker, asyncio.Task[Any]]:
+    """Start an in-process worker on the running event loop."""
+    worker = build_worker(resources)
+    return worker, asyncio.create_task(worker.async_run(), name="sieve-ingest-worker")

@@ -1,0 +1,55 @@
+"""Collections: named sets of documents, each with a default domain module."""
+
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import APIRouter, status
+
+from api.deps import ServicesDep, TenantDep
+from api.schemas import CollectionCreate, CollectionOut
+from core.errors import ValidationFailedError
+from ingest import catalog
+from modules import registry
+
+router = APIRouter(prefix="/v1/collections", tags=["collections"])
+
+
+def _out(c: catalog.Collection) -> CollectionOut:
+    return CollectionOut(
+        name=c.name, domain=c.domain, embedding_model=c.embedding_model, documents=c.documents, chunks=c.chunks,
+        created_at=c.created_at,
+    )
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=CollectionOut)
+async def create_collection(body: CollectionCreate, services: ServicesDep, tenant: TenantDep) -> CollectionOut:
+    """Create an empty collection whose questions go to the `domain` module by default."""
+    if body.domain not in registry.module_keys():
+        raise ValidationFailedError(
+            f"unknown domain {body.domain!r}", details=[f"domain: one of {', '.join(registry.module_keys())}"]
+        )
+    resources = services.resources
+    created = await catalog.create_collection(
+        resources.db, tenant=tenant, name=body.name, domain=body.domain,
+        embedding_model=resources.settings.embedding_model, dims=resources.embedder.dims,
+    )
+    return _out(created)
+
+
+@router.get("", response_model=list[CollectionOut])
+async def list_collections(services: ServicesDep, tenant: TenantDep) -> list[CollectionOut]:
+    return [_out(c) for c in await catalog.list_collections(services.resources.db, tenant=tenant)]
+
+
+@router.get("/{name}", response_model=CollectionOut)
+async def get_collection(name: str, services: ServicesDep, tenant: TenantDep) -> CollectionOut:
+    return _out(await catalog.get_collection(services.resources.db, tenant=tenant, name=name))
+
+
+@router.delete("/{name}", status_code=status.HTTP_204_NO_CONTENT)
+async def delete_collection(name: str, services: ServicesDep, tenant: TenantDep) -> None:
+    """Delete the collection with all its documents and chunks."""
+    ingestor = await services.ingest.ingestor_for(tenant, name)
+    await asyncio.to_thread(ingestor.drop)
+    await catalog.delete_collection_record(services.resources.db, tenant=tenant, name=name)

@@ -58,13 +58,20 @@ class Embedder:
         self._lock = threading.Lock()
 
     def embed(self, texts: Sequence[str], on_batch: Callable[[int], None] | None = None) -> np.ndarray:
-        """Embed `texts` in batches; `on_batch(n)` is called after each batch of n texts."""
+        """Embed `texts` in batches; `on_batch(n)` is called after each batch of n texts.
+
+        Texts are batched by length, as sentence-transformers does within one call, so that
+        little compute goes to padding; the result is in the order given."""
+        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
         out = np.empty((len(texts), self.dims), dtype=np.float32)
-        for start in range(0, len(texts), self.batch_size):
-            batch = list(texts[start : start + self.batch_size])
+        for start in range(0, len(order), self.batch_size):
+            batch = order[start : start + self.batch_size]
             with self._lock:
-                out[start : start + len(batch)] = self._model.encode(
-                    batch, batch_size=self.batch_size, normalize_embeddings=True, convert_to_numpy=True
+                out[batch] = self._model.encode(
+                    [texts[i] for i in batch],
+                    batch_size=self.batch_size,
+                    normalize_embeddings=True,
+                    convert_to_numpy=True,
                 )
             if on_batch:
                 on_batch(len(batch))
@@ -83,6 +90,9 @@ def get_embedder(name_or_path: str, batch_size: int = 32, threads: int | None = 
     return Embedder(name_or_path, batch_size=batch_size, threads=threads)
 
 
+DOCUMENT_BATCH = 2048  # llama-index caps embed_batch_size at 2048
+
+
 class LlamaEmbedding(BaseEmbedding):
     """llama-index view of an `Embedder`, usable as an ingestion-pipeline transform.
 
@@ -94,7 +104,8 @@ class LlamaEmbedding(BaseEmbedding):
     _on_done: Callable[[int], None] | None = PrivateAttr(default=None)
 
     def __init__(self, embedder: Embedder, **kwargs: Any):
-        super().__init__(model_name=embedder.name, embed_batch_size=embedder.batch_size, **kwargs)
+        # Hand the embedder whole documents: it batches by length itself.
+        super().__init__(model_name=embedder.name, embed_batch_size=DOCUMENT_BATCH, **kwargs)
         self._embedder = embedder
 
     def set_progress(

@@ -62,6 +62,10 @@ class Settings(BaseSettings):
     run_worker_in_api: bool = Field(
         True, description="Run the ingestion worker inside the API process (required by the embedded Qdrant engine)."
     )
+    worker_concurrency: int = Field(
+        1, description="Files one worker ingests at a time. Embedding is CPU-bound, so more than one "
+        "only helps with cores to spare."
+    )
     database_url: str | None = Field(None, description="SQLAlchemy URL; None uses SQLite in data_dir.")
     qdrant_url: str | None = Field(None, description="Qdrant server URL; None uses the embedded engine.")
     qdrant_api_key: SecretStr | None = None

@@ -54,7 +54,7 @@ class IngestServices:
         )
 
 
-def build_worker(resources: Resources, *, burst: bool = False, max_jobs: int = 2) -> Worker:
+def build_worker(resources: Resources, *, burst: bool = False) -> Worker:
     """An arq worker for the ingestion queue sharing `resources` (not started)."""
     return Worker(
         functions=[func(ingest_file, name="ingest_file", timeout=FILE_TIMEOUT_S, max_tries=5)],
@@ -64,7 +64,7 @@ def build_worker(resources: Resources, *, burst: bool = False, max_jobs: int = 2
         ctx={"sieve": IngestServices(resources)},
         handle_signals=False,
         burst=burst,
-        max_jobs=max_jobs,
+        max_jobs=resources.settings.worker_concurrency,
         poll_delay=0.2,
         keep_result=3600,
     )

@@ -85,6 +85,7 @@ def test_spacy_model_loads_from_the_pypi_package_without_download(
         (BlockType.TITLE, "QUARTERLY UPDATE"),
         (BlockType.TEXT, "The plant shipped 120 filters this quarter."),
     ]
+    assert "senter" in tokenize._get_nlp().pipe_names and "parser" not in tokenize._get_nlp().pipe_names
 
 
 # -- PDF -------------------------------------------------------------------------------------

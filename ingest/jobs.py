@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from core import db
 from core.errors import DocumentError, NotFoundError, ServiceError
-from ingest import catalog
+from core import catalog
 from ingest.pipeline import DocumentIngestor, FileResult
 
 log = logging.getLogger(__name__)

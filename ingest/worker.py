@@ -18,7 +18,7 @@ from arq.worker import func
 
 from core.resources import Resources
 from core.settings import Settings
-from ingest import catalog
+from core import catalog
 from ingest.jobs import QUEUE_NAME, enqueue_ingest, ingest_file, unfinished_ingest_files
 from ingest.pipeline import DocumentIngestor, IngestConfig
 

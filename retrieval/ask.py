@@ -10,7 +10,7 @@ from core.errors import ModelError
 from core.llm import ChatResult
 from core.resources import ModelTierClient, Resources
 from core.vectorstore.sparse import Bm25Encoder
-from ingest import catalog
+from core import catalog
 from modules import module_class
 from modules.base import Candidate, DomainModule
 from modules.fetch import CollectionSearch

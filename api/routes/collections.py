@@ -9,7 +9,7 @@ from fastapi import APIRouter, status
 from api.deps import ServicesDep, TenantDep
 from api.schemas import CollectionCreate, CollectionOut
 from core.errors import ValidationFailedError
-from ingest import catalog
+from core import catalog
 from modules import registry
 
 router = APIRouter(prefix="/v1/collections", tags=["collections"])

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Request, UploadFile, status
 from api.deps import ServicesDep, TenantDep
 from api.schemas import DocumentOut, UploadAccepted
 from core.errors import BadRequestError, NotFoundError, PayloadTooLargeError
-from ingest import catalog
+from core import catalog
 from ingest.archive import ArchiveLimits
 from ingest.jobs import create_ingest_job, enqueue_ingest
 from ingest.uploads import UploadLimits, UploadStager

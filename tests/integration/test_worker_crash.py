@@ -34,7 +34,7 @@ async def _prepare(data_dir: Path, redis_url: str, eval_dir: Path) -> str:
     from arq.connections import RedisSettings
 
     from core import db
-    from ingest import catalog
+    from core import catalog
     from ingest.jobs import StagedFile, create_ingest_job, enqueue_ingest
 
     engine = db.create_engine_async(f"sqlite+aiosqlite:///{data_dir / 'sieve.db'}")

@@ -251,7 +251,7 @@ async def ingest_file(ctx: dict[str, Any], job_id: str, position: int) -> str:
                 ingestor.ingest,
                 Path(file.staged_path),
                 file.filename,
-                known_hash=known.content_hash if known else None,
+                known=(known.content_hash, known.config_hash) if known else None,
                 on_chunks_total=progress.add_total,
                 on_chunks_done=progress.add_done,
             ),
@@ -268,8 +268,7 @@ async def ingest_file(ctx: dict[str, Any], job_id: str, position: int) -> str:
         log.exception("ingest_file %s/%s failed", job_id, position)
         await _update_file(engine, job_id, position, state="failed", error_code="internal_error", error=repr(e))
     else:
-        # No record yet (first ingestion, or a crash after the commit): the document is new.
-        state = "done" if known is None else result.state
+        state = result.state
         if state == "done":
             await catalog.save_document(
                 engine, tenant=job.tenant, collection=job.collection,

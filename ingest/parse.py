@@ -14,6 +14,7 @@ Parsing is CPU-bound and synchronous: run it in a worker thread or process.
 
 from __future__ import annotations
 
+import dataclasses
 import email
 import email.policy
 import importlib.abc
@@ -353,11 +354,42 @@ def parse_file(
     return parsed
 
 
+# Page breaks in text exports: form feeds (pdftotext) or marker lines such as
+# "=== Page 12 ===", "--- Page 12 ---" or "[Page 12]".
+_PAGE_MARKER = re.compile(r"^[ \t]*(?:[=\-]{2,}|\[)[ \t]*page[ \t]+(\d+)[ \t]*(?:[=\-]{2,}|\])[ \t]*$", re.I | re.M)
+
+
 def _parse_text(path: Path, _: PdfStrategy) -> ParsedDocument:
+    """Plain text; a text export of a paged document keeps its page numbers."""
     from unstructured.partition.text import partition_text
 
-    elements = partition_text(text=_read_text(path), languages=["eng"])
-    return ParsedDocument(DocumentKind.TEXT, None, _blocks_from_elements(elements))
+    text = _read_text(path)
+    pages = _split_pages(text)
+    if pages is None:
+        elements = partition_text(text=text, languages=["eng"])
+        return ParsedDocument(DocumentKind.TEXT, None, _blocks_from_elements(elements))
+    blocks = []
+    for number, page_text in pages:
+        if page_text.strip():
+            for block in _blocks_from_elements(partition_text(text=page_text, languages=["eng"])):
+                blocks.append(dataclasses.replace(block, page=number))
+    return ParsedDocument(DocumentKind.TEXT, max((n for n, _ in pages), default=None), blocks)
+
+
+def _split_pages(text: str) -> list[tuple[int, str]] | None:
+    """(page number, text) pairs when the text marks its pages, else None. Text before the
+    first marker (a title block, say) belongs to page 1."""
+    markers = list(_PAGE_MARKER.finditer(text))
+    if markers:
+        pages = [(int(m.group(1)), text[m.end() : nxt.start() if nxt else len(text)])
+                 for m, nxt in zip(markers, [*markers[1:], None])]
+        preamble = text[: markers[0].start()]
+        if preamble.strip():
+            pages[0] = (pages[0][0], preamble + "\n\n" + pages[0][1])
+        return pages
+    if "\f" in text:
+        return [(i, page) for i, page in enumerate(text.split("\f"), 1)]
+    return None
 
 
 def _parse_markdown(path: Path, _: PdfStrategy) -> ParsedDocument:

@@ -119,6 +119,9 @@ class DomainModule(ABC, Generic[ConfigT]):
     description: ClassVar[str]
     config_model: ClassVar[type[ModuleConfig]] = ModuleConfig
     payload_indexes: ClassVar[dict[str, IndexType]] = {}
+    # Bump when `enrich` changes what it extracts: stored chunks are then re-stamped
+    # (without being embedded again) the next time their document is ingested.
+    enrich_version: ClassVar[str] = "1"
     # Example questions, used by the router to recognise the module's domain.
     route_examples: ClassVar[list[str]] = []
 
@@ -163,6 +166,11 @@ class FetchContext(ABC):
         self, text: str, *, limit: int, mode: str = "hybrid", fusion: str = "rrf", filter: Filter | None = None
     ) -> list[Candidate]:
         """Top `limit` live chunks for `text`, ranked, each with its cosine similarity to it."""
+
+    @abstractmethod
+    def known_values(self, key: str, limit: int = 1000) -> dict[str, int]:
+        """Distinct values of a keyword-indexed payload key (e.g. `meta.company`) in the
+        collection, with chunk counts: what a question's entities can be matched against."""
 
 
 # ---- shared stage helpers ----

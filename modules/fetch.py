@@ -24,11 +24,18 @@ class CollectionSearch(FetchContext):
         self.vector_name = vector_name
         self.tenant = tenant
         self._dense: dict[str, list[float]] = {}
+        self._values: dict[str, dict[str, int]] = {}
 
     def embed(self, text: str) -> list[float]:
         if text not in self._dense:
             self._dense[text] = self.embedder.embed_query(text)
         return self._dense[text]
+
+    def known_values(self, key: str, limit: int = 1000) -> dict[str, int]:
+        if key not in self._values:
+            exists = self.store.collection_exists(self.vector_name)
+            self._values[key] = self.store.facet(self.vector_name, key, filter=self.scope(), limit=limit) if exists else {}
+        return self._values[key]
 
     def scope(self, extra: Filter | None = None) -> Filter:
         base = Filter(must=[Match(key="tenant", value=self.tenant), Match(key="live", value=True)])

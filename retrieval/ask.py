@@ -14,6 +14,7 @@ from core import catalog
 from modules import module_class
 from modules.base import Candidate, DomainModule
 from modules.fetch import CollectionSearch
+from retrieval.curate import Curated, curate
 from retrieval.prompting import (
     build_messages,
     cited_sources,
@@ -37,18 +38,6 @@ class AskResult:
     context: list[Candidate] = field(default_factory=list)
 
 
-@dataclass
-class CuratedContext:
-    """The outcome of a module's stages for one question."""
-
-    module: DomainModule
-    candidates: list[Candidate]
-
-    @property
-    def kept(self) -> list[Candidate]:
-        return [c for c in sorted(self.candidates, key=lambda c: c.rank) if c.kept]
-
-
 class AskService:
     """Answers questions over a collection (one instance per process, shared by requests)."""
 
@@ -59,25 +48,23 @@ class AskService:
     def module_for(self, key: str) -> DomainModule:
         return module_class(key)()
 
-    def curate(self, module: DomainModule, question: str, vector_name: str, tenant: str, trace: Trace) -> CuratedContext:
-        """Run the module's stages (CPU and I/O bound: call from a thread)."""
+    def search_context(self, vector_name: str, tenant: str) -> CollectionSearch:
         r = self.resources
-        search = CollectionSearch(
+        return CollectionSearch(
             store=r.store, embedder=r.embedder, sparse=self.sparse, vector_name=vector_name, tenant=tenant
         )
+
+    def curate(self, module: DomainModule, question: str, vector_name: str, tenant: str, trace: Trace) -> Curated:
+        """Run the module's stages, recording them in `trace` (blocking: call from a thread)."""
+        search = self.search_context(vector_name, tenant)
         with trace.timed("embed_question"):
             search.embed(question)
-        with trace.timed("analyze"):
-            query = module.analyze(question)
-        with trace.timed("fetch"):
-            candidates = module.fetch(query, search)
-        with trace.timed("normalize"):
-            candidates = module.normalize(query, candidates)
-        with trace.timed("filter"):
-            candidates = module.filter(query, candidates)
+        curated = curate(module, question, search)
+        trace.data["latency_ms"].update(curated.latency_ms)
+        query = curated.query
         trace.stage("analyze", {"entities": query.entities, "periods": query.periods, "doc_types": query.doc_types})
-        trace.stage("candidates", [candidate_summary(c) for c in candidates])
-        return CuratedContext(module=module, candidates=candidates)
+        trace.stage("candidates", [candidate_summary(c) for c in curated.candidates])
+        return curated
 
     async def ask(self, *, tenant: str, collection: str, question: str, module: str | None = None) -> AskResult:
         r = self.resources

@@ -232,5 +232,10 @@ class VectorStore(ABC):
     def count(self, name: str, filter: Filter | None = None) -> int: ...
 
     @abstractmethod
+    def facet(self, name: str, key: str, *, filter: Filter | None = None, limit: int = 100) -> dict[str, int]:
+        """Distinct values of a keyword-indexed payload `key` among points matching `filter`,
+        with exact counts; the `limit` most frequent, ties by value."""
+
+    @abstractmethod
     def close(self) -> None:
         """Flush and release the storage (the embedded engine allows one owner per folder)."""

@@ -386,6 +386,12 @@ class EdgeVectorStore(VectorStore):
         request = qe.CountRequest(exact=True, filter=_optional_filter(filter))
         return self._call(collection, lambda: collection.shard.count(request))
 
+    def facet(self, name: str, key: str, *, filter: Filter | None = None, limit: int = 100) -> dict[str, int]:
+        collection = self._get(name)
+        request = qe.FacetRequest(key=key, limit=limit, exact=True, filter=_optional_filter(filter))
+        hits = self._call(collection, lambda: collection.shard.facet(request)).hits
+        return {str(hit.value): hit.count for hit in sorted(hits, key=lambda h: (-h.count, str(h.value)))}
+
     def close(self) -> None:
         with self._lock:
             if self._closed:

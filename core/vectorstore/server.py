@@ -282,5 +282,10 @@ class ServerVectorStore(VectorStore):
         with self._errors(name):
             return self._client.count(name, count_filter=_optional_filter(filter), exact=True).count
 
+    def facet(self, name: str, key: str, *, filter: Filter | None = None, limit: int = 100) -> dict[str, int]:
+        with self._errors(name):
+            hits = self._client.facet(name, key=key, facet_filter=_optional_filter(filter), limit=limit, exact=True).hits
+        return {str(hit.value): hit.count for hit in sorted(hits, key=lambda h: (-h.count, str(h.value)))}
+
     def close(self) -> None:
         self._client.close()

@@ -363,3 +363,16 @@ def test_legacy_single_byte_text_decodes_as_cp1252(tmp_path: Path) -> None:
     parsed = parse_file(path, "memo.txt")
 
     assert [block.text for block in parsed.blocks] == ["The supplier’s price is 12 € — final."]
+
+
+def test_text_exports_keep_their_page_numbers(tmp_path: Path, eval_dir: Path) -> None:
+    parsed = parse_file(eval_dir / "financebench" / "corpus" / "CORNING_2022_10K.txt", "CORNING_2022_10K.txt")
+    assert parsed.page_count == 159
+    balance_sheet = [b for b in parsed.blocks if "Total current assets" in b.text]
+    assert balance_sheet and balance_sheet[0].page == 60  # the page FinanceBench's evidence cites
+
+    feed = tmp_path / "export.txt"
+    feed.write_text("Cover page of the report.\fThe second page talks about revenue growth.\fThird.")
+    parsed = parse_file(feed, "export.txt")
+    assert parsed.page_count == 3
+    assert [b.page for b in parsed.blocks if "revenue growth" in b.text] == [2]

@@ -346,6 +346,20 @@ def test_dense_search_ranks_by_cosine(shared: VectorStore) -> None:
     assert shared.search(COLLECTION, dense=query.tolist(), limit=3, with_payload=False)[0].payload == {}
 
 
+def test_facet_counts_distinct_keyword_values(shared: VectorStore) -> None:
+    counts: dict[str, int] = {}
+    for point in POINTS:
+        counts[point.payload["doc_id"]] = counts.get(point.payload["doc_id"], 0) + 1
+    assert shared.facet(COLLECTION, "doc_id") == dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+    tenant = Filter(must=[Match(key="tenant", value="t1")])
+    expected = {}
+    for point in POINTS:
+        if point.payload["tenant"] == "t1":
+            expected[point.payload["doc_id"]] = expected.get(point.payload["doc_id"], 0) + 1
+    assert shared.facet(COLLECTION, "doc_id", filter=tenant) == dict(sorted(expected.items(), key=lambda kv: (-kv[1], kv[0])))
+    assert len(shared.facet(COLLECTION, "doc_id", limit=1)) == 1
+
+
 def test_search_returns_dense_vectors_when_asked(shared: VectorStore) -> None:
     query = dict(dense=POINTS[3].vector, sparse=ENCODER.embed_query(" ".join(VOCABULARY[:6])))
     for vectors in ({"dense": query["dense"]}, {"sparse": query["sparse"]}, query):

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from core.schemas import document_id
 from core.vectorstore import Filter, Match
 from tests.conftest import MODEL_CACHE
 
@@ -116,6 +117,9 @@ def test_killed_worker_leaves_no_partial_document_and_retry_completes(
     finally:
         store.close()
 
+    big_doc = document_id("default", "filings", BIG_PDF)
+    assert _cache_entries(tmp_path, big_doc) > 0, "the chunked document should be cached for the retry"
+
     second = _worker(tmp_path, valkey_url, "--burst")
     assert second.wait(timeout=1800) == 0
     progress = asyncio.run(_file_progress(tmp_path, job_id))
@@ -131,3 +135,15 @@ def test_killed_worker_leaves_no_partial_document_and_retry_completes(
         assert len({r.payload["content_hash"] for r in records if r.payload["filename"] == BIG_PDF}) == 1
     finally:
         store.close()
+    assert _cache_entries(tmp_path, big_doc) == 0, "the transform cache outlived the commit"
+
+
+def _cache_entries(data_dir: Path, doc_id: str) -> int:
+    from core.db import create_engine_sync
+    from core.kvstore import SqlKVStore
+
+    engine = create_engine_sync(f"sqlite:///{data_dir / 'sieve.db'}")
+    try:
+        return len(SqlKVStore(engine).get_all(f"sieve_ingest_cache/{doc_id}"))
+    finally:
+        engine.dispose()

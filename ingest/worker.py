@@ -21,6 +21,7 @@ from core.settings import Settings
 from core import catalog
 from ingest.jobs import QUEUE_NAME, enqueue_ingest, ingest_file, unfinished_ingest_files
 from ingest.pipeline import DocumentIngestor, IngestConfig
+from modules.registry import enrichment_for
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,8 @@ class IngestServices:
 
     async def ingestor_for(self, tenant: str, collection: str) -> DocumentIngestor:
         record = await catalog.get_collection(self.db, tenant=tenant, name=collection)
+        # The collection's module extracts the metadata its filters need.
+        enrichment = enrichment_for(record.domain)
         r = self.resources
         return DocumentIngestor(
             store=r.store,
@@ -49,8 +52,11 @@ class IngestServices:
                 chunk_overlap=r.settings.chunk_overlap,
                 pdf_strategy=r.settings.pdf_strategy,
                 embedding_model=record.embedding_model,
-                module=record.domain,
+                module=enrichment.module,
+                enrich_version=enrichment.version,
             ),
+            enrich=enrichment.enrich,
+            extra_indexes=enrichment.indexes,
         )
 
 

@@ -2,7 +2,7 @@
 
 Importing this package registers the built-in modules."""
 
-from modules import generic  # noqa: F401  (registers)
+from modules import biomedical, finance, generic, legal, manuals  # noqa: F401  (registers)
 from modules.registry import module_class, module_keys, register
 
 __all__ = ["module_class", "module_keys", "register"]

@@ -8,11 +8,19 @@ from __future__ import annotations
 
 import inspect
 import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 from core.errors import NotFoundError
+from core.vectorstore import IndexType
 from modules.base import DomainModule, ModuleConfig
 
 _MODULES: dict[str, type[DomainModule]] = {}
+# A collection domain that names no module: a router picks one per question, and
+# ingestion applies every module's enrichment, so whichever module the router picks finds
+# the metadata its filters need.
+AUTO_DOMAIN = "auto"
 _KEY = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 _STAGES = {
     "analyze": ["question"],
@@ -70,3 +78,37 @@ def module_class(key: str) -> type[DomainModule]:
         raise NotFoundError(
             f"unknown module {key!r}; available: {', '.join(module_keys())}", code="module_not_found"
         ) from None
+
+
+@dataclass(frozen=True)
+class Enrichment:
+    """What ingestion stores for a collection's domain: the module key and `enrich`
+    version (part of every chunk's config hash), the enrich function, and the payload
+    indexes its metadata needs."""
+
+    module: str
+    version: str
+    enrich: Callable[[str, str, dict[str, Any]], dict[str, Any]]
+    indexes: dict[str, IndexType]
+
+
+def enrichment_for(domain: str) -> Enrichment:
+    """The enrichment of a collection's domain: its module's, or for `auto` every module's
+    (their metadata keys are distinct: the contract makes each module own its `meta.*` keys)."""
+    if domain != AUTO_DOMAIN:
+        cls = module_class(domain)
+        return Enrichment(cls.key, cls.enrich_version, cls().enrich, dict(cls.payload_indexes))
+    modules = [module_class(key)() for key in module_keys()]
+
+    def enrich_all(text: str, filename: str, metadata: dict[str, Any]) -> dict[str, Any]:
+        meta: dict[str, Any] = {}
+        for module in modules:
+            meta.update(module.enrich(text, filename, metadata))
+        return meta
+
+    return Enrichment(
+        AUTO_DOMAIN,
+        ",".join(f"{m.key}:{m.enrich_version}" for m in modules),
+        enrich_all,
+        {key: kind for m in modules for key, kind in m.payload_indexes.items()},
+    )

@@ -1,0 +1,408 @@
+"""The legal module: commercial contracts.
+
+At ingestion `enrich` reads the contract's title, parties (from the preamble), effective
+date, governing law and clause headings. At query time a question naming a contract ("In
+the SUPPLY AGREEMENT between A and B: ...") is resolved to that contract through the
+indexed title and party keys, and the clause question is searched with the words contracts
+use for it (audit rights -> "audit, inspect, books and records").
+"""
+
+from __future__ import annotations
+
+import re
+from bisect import bisect_left
+from difflib import get_close_matches
+from pathlib import PurePath
+from typing import Any
+
+from pydantic import Field
+
+from core.vectorstore import Filter, IndexType, MatchAny
+from modules.base import (
+    Candidate,
+    DomainModule,
+    FetchContext,
+    ModuleConfig,
+    Query,
+    apply_generic_filters,
+    approx_tokens,
+    collapse_whitespace,
+)
+from modules.normalize import annotate_dates, find_dates, name_key, squash
+from modules.registry import register
+
+TITLE_KEY = "meta.title_key"
+PARTIES_KEY = "meta.party_keys"
+
+# Clause categories (CUAD's and common phrasings) -> the words contracts use for them.
+CLAUSE_TERMS: list[tuple[re.Pattern[str], str]] = [
+    (re.compile(p, re.I), terms) for p, terms in [
+        (r"\baudit", "audit inspect examine books and records accounts during normal business hours"),
+        (r"govern(?:ing|s)?\b.*\blaw|\blaw\b.*\bgovern", "governed by and construed in accordance with the laws of the State of"),
+        (r"non-?compet|\bcompete\b", "shall not compete engage in any competing business during the term territory"),
+        (r"exclusiv", "exclusive exclusively sole supplier requirements shall not appoint any other"),
+        (r"no-?solicit.*customer|soliciting customers|solicit(?:ing)? .*customers", "shall not solicit customers clients divert business"),
+        (r"solicit.*employee|hiring employees", "shall not solicit hire employ employees personnel"),
+        (r"non-?disparag|disparage", "shall not disparage make any negative or derogatory statements"),
+        (r"terminat\w* .*without cause|for convenience", "may terminate this agreement at any time for convenience without cause upon written notice"),
+        (r"\brofr\b|first refusal|first offer|first negotiation", "right of first refusal first offer first negotiation"),
+        (r"change of control", "change of control merger acquisition sale of all or substantially all assets terminate consent"),
+        (r"anti-?assignment|assigned to a third party|\bassign", "may not assign transfer this agreement without the prior written consent"),
+        (r"revenue.*shar|profit.*shar|share revenue", "royalty revenue share percentage of net sales profits"),
+        (r"price restriction|raise or reduce prices", "prices shall not increase price adjustment most favored pricing"),
+        (r"minimum (?:order|commitment|amount)", "minimum purchase order quantity commitment per year"),
+        (r"volume restriction|exceeds certain threshold", "exceed volume threshold additional fees usage limit"),
+        (r"ip ownership|intellectual property .*property of|ownership of intellectual property|assignment of ip",
+         "intellectual property shall be owned by vest assign all right title and interest work product inventions"),
+        (r"joint .*ownership|shared ownership|jointly owned", "jointly owned joint ownership intellectual property"),
+        (r"license grant|licen[cs]e granted|grant.*licen[cs]e", "hereby grants a non-exclusive license right to use"),
+        (r"non-?transferable", "non-transferable license may not sublicense transfer"),
+        (r"affiliate.*licen[cs]|licen[cs].*affiliate", "license affiliates subsidiaries sublicense"),
+        (r"unlimited|all you can eat|enterprise", "unlimited enterprise-wide license all users"),
+        (r"irrevocable|perpetual", "perpetual irrevocable license"),
+        (r"source code escrow|escrow", "source code escrow agent deposit release conditions"),
+        (r"post-?termination", "upon termination or expiration shall survive transition wind down return"),
+        (r"\baudit\b", "audit"),
+        (r"uncapped liability|liability uncapped", "liability shall not be limited unlimited indemnification exclusions"),
+        (r"cap on liability|limitation of liability|maximum amount", "limitation of liability in no event shall liability exceed aggregate amount paid"),
+        (r"liquidated damages|termination fee", "liquidated damages termination fee penalty"),
+        (r"warranty", "warrants warranty free from defects for a period of months"),
+        (r"insurance", "insurance maintain coverage policy insured general liability"),
+        (r"covenant not to sue|contesting the validity", "shall not contest challenge the validity of ownership covenant not to sue"),
+        (r"third party beneficiar|non-contracting party", "third party beneficiary no third party beneficiaries"),
+        (r"most favored|better terms", "most favored nation terms no less favorable than those offered to any other customer"),
+        (r"competitive restriction exception|exceptions or carveouts", "notwithstanding the foregoing exception shall not restrict"),
+        (r"agreement date|dated as of|date of (?:this|the) agreement", "dated as of made and entered into this day of"),
+        (r"effective date", "effective date shall become effective as of"),
+        (r"expir|initial term", "term of this agreement shall commence and continue until expire years"),
+        (r"renewal term|renew", "automatically renew successive renewal term years unless"),
+        (r"notice .*terminate renewal|notice period|non-?renewal", "written notice of non-renewal days prior to the expiration of the then-current term"),
+    ]
+]
+_AGREEMENT_WORDS = r"(?:AGREEMENT|CONTRACT|LICEN[CS]E|AMENDMENT|ADDENDUM|MEMORANDUM|ARRANGEMENT|TERMS|LEASE|NOTE|PLAN|ACCORD|JOINT FILING)"
+_TITLE_LINE = re.compile(rf"^\s*(?P<title>[A-Z0-9][A-Za-z0-9 ,.&'’/()-]{{2,120}}?\b{_AGREEMENT_WORDS}\b[A-Za-z0-9 ,.&'’/()-]{{0,60}}?)\s*$", re.M | re.I)
+_THIS_TITLE = re.compile(rf"\bThis\s+(?P<title>[A-Z][\w ,&'’/-]{{2,100}}?\b(?:Agreement|Contract|License|Amendment|Addendum))\b", re.I)
+_SKIP_TITLE = re.compile(r"exhibit|confidential|execution copy|omitted|\*\*\*|redacted|page \d|^\W*$", re.I)
+_BETWEEN = re.compile(r"\b(?:by\s+and\s+between|by\s+and\s+among|between|among)\s*:?\s+", re.I)
+_PREAMBLE_END = re.compile(r"\b(?:WHEREAS|RECITALS?|WITNESSETH|NOW,?\s+THEREFORE|BACKGROUND|IN CONSIDERATION)\b", re.I)
+_NAME_STOP = re.compile(
+    r",|\(|\s+(?:a|an)\s+(?:[A-Z][a-z]+\s+){0,4}(?:corporation|company|limited|partnership|organization|entity|banking|"
+    r"national|state|individual|resident|[a-z]+\s+organized)|\s+of\s+(?=[^,]*\d)|\s+(?:having|with its|whose|located|organized|"
+    r"incorporated under|hereinafter|\(hereinafter)\b",
+    re.I,
+)
+_PARTY_SPLIT = re.compile(r"\s+and\s+|;|,\s+(?=[A-Z])|\s+&\s+(?=[A-Z])", re.I)
+_ROLE_WORDS = frozenset(
+    "company client customer licensee licensor supplier distributor party parties provider contractor consultant "
+    "agent seller buyer purchaser vendor franchisee franchisor manufacturer reseller sponsor owner lessor lessee "
+    "employer employee the and or of inc".split()
+)
+_GOVERNING_LAW = re.compile(
+    r"governed\s+by,?\s+(?:and\s+(?:construed|interpreted|enforced)\s+(?:in\s+accordance\s+with\s+|under\s+)?)?"
+    r"(?:and\s+in\s+accordance\s+with\s+)?the\s+(?:internal\s+|substantive\s+)?laws?\s+of\s+(?:the\s+)?"
+    r"(?P<law>(?:State|Commonwealth|Province|Republic|Kingdom)\s+of\s+[A-Z][A-Za-z ]{2,30}?|[A-Z][A-Za-z ]{2,30}?)"
+    r"(?=[,.;(]|\s+(?:without|and|applicable|excluding|as|except|that|in|to)\b)",
+    re.I,
+)
+_EFFECTIVE = re.compile(r"(?:effective|dated|entered\s+into|made)\s+(?:as\s+of\s+)?(?:this\s+|the\s+)?", re.I)
+_HEADING = re.compile(r"^\s*(?:(?:ARTICLE|Section|SECTION)\s+)?(?:[IVX]+|\d{1,2})(?:\.\d{1,2})*\.?\s+(?P<h>[A-Z][A-Za-z ,&/'-]{2,60}?)\s*(?:\.|:|$)", re.M)
+_QUESTION_FORMS = [
+    re.compile(r"^In the (?P<title>.+?) (?:between|involving) (?P<parties>.+?)\s*\)?\s*:\s*(?P<clause>.+)$", re.S),
+    re.compile(r"^(?P<clause>What is the (?:agreement date|effective date|renewal term)) of the (?P<title>.+?) (?:between|involving) (?P<parties>.+?)\s*\)?(?: after its initial term expires)?\?$", re.S),
+    re.compile(r"^(?P<clause>On what date does the initial term) of the (?P<title>.+?) (?:between|involving) (?P<parties>.+?)\s*\)? expire\?$", re.S),
+    re.compile(r"^(?P<clause>Which state's or country's law governs) the (?P<title>.+?) (?:between|involving) (?P<parties>.+?)\s*\)?\?$", re.S),
+    re.compile(r"^(?P<clause>How much notice is required to terminate renewal) of the (?P<title>.+?) (?:between|involving) (?P<parties>.+?)\s*\)?\?$", re.S),
+    re.compile(r"^(?P<clause>.+?)\b(?:in|of|under) the (?P<title>[^?]*?\b(?:Agreement|Contract|License|Lease)\b[^?]*?) (?:between|involving|with) (?P<parties>[^?]+?)\s*\??$", re.S | re.I),
+]
+
+
+class LegalConfig(ModuleConfig):
+    """Settings of the legal module (commercial contracts)."""
+
+    contract_filter: bool = Field(
+        True, description="Restrict retrieval to the contract the question names (by parties and title), when found."
+    )
+    match_threshold: float = Field(
+        0.85, ge=0.5, le=1.0,
+        description="Least similarity (0-1) between a title or party named in the question and a stored one to count "
+        "as the same, when they do not match exactly.",
+    )
+    expand_clause_terms: bool = Field(
+        True, description="Search with the clause question plus the words contracts use for that clause."
+    )
+    annotate_dates: bool = Field(True, description="Add the ISO form next to dates (June 21, 1999 [= 1999-06-21]).")
+
+
+# ---- ingest time ----
+
+
+def extract_contract(text: str, filename: str) -> dict[str, Any]:
+    """Title, parties, effective date, governing law and clause headings of a contract."""
+    head = text[:6000]
+    meta: dict[str, Any] = {}
+    title = contract_title(head) or _filename_title(filename)
+    if title:
+        meta["title"] = title
+        meta["title_key"] = name_key(title)
+        meta["agreement_type"] = _agreement_type(meta["title_key"])
+    parties = contract_parties(head)
+    keys: list[str] = []
+    for party in parties:
+        key = name_key(party)
+        if key and key not in _ROLE_WORDS and len(key) >= 3:
+            for k in (key, squash(key)):
+                if k not in keys:
+                    keys.append(k)
+    filer = _filename_filer(filename)
+    if filer and filer not in keys:
+        keys.append(filer)
+    if parties:
+        meta["parties"] = parties
+    if keys:
+        meta["party_keys"] = keys
+    dates = [d for d in find_dates(head[:3000])]
+    m = _EFFECTIVE.search(head[:3000])
+    effective = next((d for d in dates if m and d.start >= m.end() - 1), dates[0] if dates else None)
+    if effective:
+        meta["effective_date"] = effective.value.isoformat()
+    m = _GOVERNING_LAW.search(text)
+    if m:
+        meta["governing_law"] = re.sub(r"\s+", " ", m["law"]).strip()
+    headings = []
+    for m in _HEADING.finditer(text):
+        h = m["h"].strip(" ,")
+        if h.lower() not in (x.lower() for x in headings) and len(h.split()) <= 8:
+            headings.append(h)
+        if len(headings) >= 40:
+            break
+    if headings:
+        meta["headings"] = headings
+    return meta
+
+
+def contract_title(head: str) -> str | None:
+    for m in _TITLE_LINE.finditer(head[:2500]):
+        line = re.sub(r"\s+", " ", m["title"]).strip(" .,:")
+        # a title is a heading, mostly capitals, not a sentence of the body
+        letters = [ch for ch in line if ch.isalpha()]
+        if _SKIP_TITLE.search(line) or len(line.split()) > 12 or not letters:
+            continue
+        if sum(ch.isupper() for ch in letters) / len(letters) >= 0.6 or line.istitle():
+            return _clean_title(line)
+    m = _THIS_TITLE.search(head[:4000])
+    return _clean_title(m["title"]) if m else None
+
+
+def _clean_title(title: str) -> str:
+    title = re.sub(r"\s+", " ", title).strip(" .,:")
+    return re.sub(r"^(?:the|this)\s+", "", title, flags=re.I)
+
+
+def contract_parties(head: str) -> list[str]:
+    """Party names of the preamble: "by and between X, a Delaware corporation ("X"), and Y"."""
+    m = _BETWEEN.search(head)
+    if not m:
+        return []
+    end = _PREAMBLE_END.search(head, m.end())
+    span = head[m.end() : end.start() if end else m.end() + 1500][:1500]
+    span = _first_sentence(re.sub(r"\([^()]*\)", " ", re.sub(r"\s+", " ", span)))
+    parties: list[str] = []
+    # every party starts the span or follows ", and" / " and " / ";" / "AND:" after the previous one
+    pieces = re.split(r"\s*(?:;|\band\b:?|\bAND\b:?)\s+(?=[A-Z0-9\[])", span)
+    for piece in pieces:
+        name = re.sub(r"\s+", " ", _NAME_STOP.split(piece, maxsplit=1)[0]).strip(" .:;\"'“”")
+        name = re.sub(r"^(?:and|the)\s+", "", name, flags=re.I) if name.lower().startswith("and ") else name
+        words = name.split()
+        if not words or len(words) > 10 or not re.match(r"[A-Z0-9\[]", name):
+            continue
+        if name_key(name) in _ROLE_WORDS or not name_key(name):
+            continue
+        if name not in parties:
+            parties.append(name)
+        if len(parties) >= 6:
+            break
+    return parties
+
+
+_ABBREVIATIONS = frozenset("inc ltd co corp lp llc nv sa bv ag no st mr ms dr jr sr plc u.s l.p n.v s.a".split())
+
+
+def _first_sentence(text: str) -> str:
+    """`text` up to its first full stop that does not end an abbreviation ("Inc.", "L.P.")."""
+    for m in re.finditer(r"\.\s+(?=[A-Z])", text):
+        word = text[: m.start()].rsplit(None, 1)[-1].lower().strip(",")
+        if word not in _ABBREVIATIONS and len(word) > 1:
+            return text[: m.start()]
+    return text
+
+
+_TYPES = [
+    "license", "distribution", "distributor", "supply", "manufacturing", "services", "service", "consulting",
+    "joint venture", "collaboration", "development", "franchise", "agency", "endorsement", "sponsorship",
+    "promotion", "marketing", "reseller", "outsourcing", "hosting", "maintenance", "transportation",
+    "co-branding", "strategic alliance", "non-compete", "cooperation", "affiliate", "ip", "intellectual property",
+    "content", "lease", "loan", "employment", "settlement",
+]
+
+
+def _agreement_type(title_key: str) -> str:
+    for t in _TYPES:
+        if re.search(rf"\b{re.escape(name_key(t))}\b", title_key):
+            return name_key(t).replace("distributor", "distribution").replace("service", "services").replace("servicess", "services")
+    return "other"
+
+
+def _filename_title(filename: str) -> str | None:
+    stem = PurePath(filename).stem
+    m = re.search(r"((?:[A-Za-z]+[_ -]){0,5}(?:Agreement|Contract|License)[A-Za-z_ -]*)", stem, re.I)
+    return m.group(1).replace("_", " ").strip() if m else None
+
+
+def _filename_filer(filename: str) -> str | None:
+    """EDGAR exhibit names start with the filer: "ADAMSGOLFINC_03_21_2005-EX-10.17-..." -> "adamsgolf"."""
+    stem = re.sub(r"^cuad_", "", PurePath(filename).stem, flags=re.I)
+    m = re.match(r"([A-Za-z0-9][A-Za-z0-9]{2,60}?)_?(?:\d{2}_\d{2}_\d{4}|\d{8})", stem)
+    if not m:
+        return None
+    key = m.group(1).lower()
+    for suffix in ("incorporated", "corporation", "company", "corp", "inc", "plc", "ltd", "llc", "lp", "co", "sa", "ag", "nv"):
+        if key.endswith(suffix) and len(key) > len(suffix) + 2:
+            key = key[: -len(suffix)]
+            break
+    return key
+
+
+# ---- query time ----
+
+
+def parse_question(question: str) -> dict[str, str] | None:
+    """Split a question that names its contract into title, parties and the clause question."""
+    text = re.sub(r"\s+", " ", question.strip())
+    for pattern in _QUESTION_FORMS:
+        m = pattern.match(text)
+        if m:
+            return {k: v.strip(" ,") for k, v in m.groupdict().items()}
+    return None
+
+
+def clause_terms(clause: str) -> str:
+    """The words contracts use for the clause a question asks about ("" if none is known)."""
+    return " ".join(dict.fromkeys(terms for pattern, terms in CLAUSE_TERMS if pattern.search(clause)))
+
+
+def match_parties(parties: str, known: dict[str, int], threshold: float) -> list[str]:
+    """Stored party keys the question's party text names: a multi-word key as whole words of
+    it, a squashed key equal to one named party or a prefix of it (or it of the key: "Adams
+    Golf" and "ADAMSGOLFINC"); fuzzily when nothing matches exactly."""
+    words = name_key(parties).split()
+    parts = [p for p in (squash(name_key(x)) for x in _PARTY_SPLIT.split(parties)) if len(p) >= 3 and p not in _ROLE_WORDS]
+    # set lookups and one sorted scan, not a comparison per stored key: collections hold thousands
+    grams = {" ".join(words[i:j]) for i in range(len(words)) for j in range(i + 2, min(i + 12, len(words)) + 1)}
+    found = {k for k in grams if k in known}
+    ordered = sorted(k for k in known if " " not in k)
+    for p in parts:
+        found |= {p[:n] for n in range(5, len(p) + 1) if p[:n] in known} | ({p} & known.keys())
+        i = bisect_left(ordered, p)
+        while len(p) >= 5 and i < len(ordered) and ordered[i].startswith(p):
+            found.add(ordered[i])
+            i += 1
+    if found:
+        return sorted(found)
+    return list(dict.fromkeys(k for p in parts if len(p) >= 5 for k in get_close_matches(p, ordered, n=3, cutoff=threshold)))
+
+
+def match_title(title: str, known: dict[str, int], threshold: float) -> list[str]:
+    key = name_key(title)
+    if key in known:
+        return [key]
+    return get_close_matches(key, list(known), n=1, cutoff=threshold)
+
+
+@register
+class LegalModule(DomainModule[LegalConfig]):
+    key = "legal"
+    description = (
+        "Commercial contracts: retrieval restricted to the contract a question names (title, parties), clause "
+        "questions searched with contract wording, dates made explicit, other contracts dropped with a reason."
+    )
+    config_model = LegalConfig
+    payload_indexes = {TITLE_KEY: IndexType.KEYWORD, PARTIES_KEY: IndexType.KEYWORD, "meta.agreement_type": IndexType.KEYWORD}
+    enrich_version = "legal-1"
+    route_examples = [
+        "Which state's law governs the distribution agreement?",
+        "Does a party have the right to audit the books and records of the counterparty?",
+        "What is the renewal term of the supply agreement after its initial term expires?",
+        "How much notice is required to terminate renewal of the services agreement?",
+        "Is there a non-compete clause in the franchise agreement?",
+        "Can either party terminate the license agreement for convenience?",
+        "Is consent required to assign the contract to a third party?",
+        "What is the cap on liability under the hosting agreement?",
+        "What is the effective date of the consulting agreement between Acme and Globex?",
+        "Does the contract grant an exclusive license to the licensee's affiliates?",
+        "Is there a most favored nation clause in the reseller agreement?",
+    ]
+
+    def enrich(self, text: str, filename: str, metadata: dict[str, Any]) -> dict[str, Any]:
+        return extract_contract(text, filename)
+
+    def analyze(self, question: str) -> Query:
+        parsed = parse_question(question)
+        query = Query(text=question)
+        if parsed:
+            query.entities = [parsed["title"], parsed["parties"]]
+            query.notes["contract"] = parsed
+        clause = parsed["clause"] if parsed else question
+        if self.config.expand_clause_terms and (terms := clause_terms(clause)):
+            query.notes["search_text"] = f"{clause} {terms}"
+        elif parsed:
+            query.notes["search_text"] = clause
+        return query
+
+    def fetch(self, query: Query, ctx: FetchContext) -> list[Candidate]:
+        cfg = self.config
+        contract = query.notes.get("contract")
+        text = query.notes.get("search_text") or query.text
+        if not (cfg.use_question_filters and cfg.contract_filter and contract):
+            return ctx.search(text, limit=cfg.top_k, mode=cfg.retrieval, fusion=cfg.fusion,
+                              filter=query.filter if cfg.use_question_filters else None)
+        parties = match_parties(contract["parties"], ctx.known_values(PARTIES_KEY, limit=20000), cfg.match_threshold)
+        titles = match_title(contract["title"], ctx.known_values(TITLE_KEY, limit=10000), cfg.match_threshold)
+        # The parties identify a contract better than its title ("SERVICES AGREEMENT"); the
+        # title narrows the search only when no party is recognised.
+        attempts = []
+        if parties:
+            attempts.append(Filter(must=[MatchAny(key=PARTIES_KEY, any=parties)]))
+        if titles:
+            attempts.append(Filter(must=[MatchAny(key=TITLE_KEY, any=titles)]))
+        query.notes.update({"matched_parties": parties, "matched_titles": titles})
+        for f in attempts:
+            hits = ctx.search(text, limit=cfg.top_k, mode=cfg.retrieval, fusion=cfg.fusion, filter=f)
+            if hits:
+                query.filter = f
+                query.notes["contract_filter"] = f.model_dump()
+                return hits
+        query.notes["contract_filter"] = "no stored contract matches the title or parties: whole collection searched"
+        return ctx.search(text, limit=cfg.top_k, mode=cfg.retrieval, fusion=cfg.fusion)
+
+    def normalize(self, query: Query, candidates: list[Candidate]) -> list[Candidate]:
+        for c in candidates:
+            text = collapse_whitespace(c.text)
+            if self.config.annotate_dates:
+                text, notes = annotate_dates(text)
+                c.notes += notes
+            c.normalized = text
+        return candidates
+
+    def filter(self, query: Query, candidates: list[Candidate]) -> list[Candidate]:
+        f = query.filter
+        wanted = {cond.key: set(cond.any) for cond in (f.must if f else []) if isinstance(cond, MatchAny)}
+        for c in candidates:
+            meta = c.payload.get("meta") or {}
+            if not c.kept or not meta or not wanted:
+                continue
+            parties, title = wanted.get(PARTIES_KEY), wanted.get(TITLE_KEY)
+            if parties and not parties & set(meta.get("party_keys") or []):
+                c.drop(f"contract {meta.get('title', c.filename)!r} is not between the parties asked for")
+            elif title and meta.get("title_key") not in title:
+                c.drop(f"contract {meta.get('title', c.filename)!r} is not the {sorted(title)[0]!r} asked for")
+        return apply_generic_filters(candidates, self.config, count_tokens=approx_tokens)

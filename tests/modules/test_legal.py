@@ -1,0 +1,150 @@
+"""The legal module: the shared contract, plus enrichment of real CUAD contracts, parsing of
+real CUAD questions, contract resolution and the filters."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from core.vectorstore import MatchAny
+from modules.base import Candidate
+from modules.legal import PARTIES_KEY, TITLE_KEY, LegalModule, clause_terms, parse_question
+from tests.modules.contract import ModuleContract, RecordingSearch, make_candidate
+
+pytestmark = pytest.mark.unit
+
+# The preamble and an audit clause of CUAD's 2TheMart.com co-branding agreement.
+PREAMBLE = (
+    "CO-BRANDING AND ADVERTISING AGREEMENT\n\nTHIS CO-BRANDING AND ADVERTISING AGREEMENT (the \"Agreement\") is made "
+    "and entered into as of June 21, 1999 (the \"Effective Date\") by and between I-ESCROW, INC., a Nevada "
+    "corporation with its principal place of business at 1730 S. Amphlett Blvd., San Mateo, CA 94402 "
+    "(\"i-Escrow\"), and 2THEMART.COM, INC., a Nevada corporation with its principal place of business at 18301 "
+    "Von Karman Avenue, Irvine, California 92612 (\"2TheMart\").\n\n1. DEFINITIONS.\n"
+)
+AUDIT = (
+    "Once every twelve (12) months, 2TheMart through a CPA may inspect and audit such books and records of i-Escrow "
+    "as relate to the transactions under this Agreement."
+)
+GOVERNING = "This Agreement shall be governed by the laws of the State of California."
+META_ESCROW = {"title": "CO-BRANDING AND ADVERTISING AGREEMENT", "title_key": "co branding and advertising agreement",
+               "party_keys": ["i escrow", "iescrow", "2themartcom"]}
+META_GOLF = {"title": "ENDORSEMENT AGREEMENT", "title_key": "endorsement agreement", "party_keys": ["adams golf", "adamsgolf"]}
+QUESTION = (
+    "In the CO-BRANDING AND ADVERTISING AGREEMENT between I-ESCROW, INC. and 2THEMART.COM, INC.: Does a party have "
+    "the right to audit the books, records, or physical locations of the counterparty to ensure compliance with the "
+    "contract?"
+)
+KNOWN = {
+    PARTIES_KEY: {"i escrow": 30, "iescrow": 30, "2themartcom": 30, "adams golf": 20, "adamsgolf": 20},
+    TITLE_KEY: {"co branding and advertising agreement": 30, "endorsement agreement": 20},
+}
+
+
+class TestLegalModule(ModuleContract):
+    module_key = "legal"
+    sample_questions = [QUESTION, "Which state's law governs the distribution agreement?"]
+    sample_document = (PREAMBLE + AUDIT, "cuad_2ThemartComInc_19990826_Co-Branding_Agreement.txt", {})
+
+    def candidates(self) -> list[Candidate]:
+        texts = [
+            (AUDIT, META_ESCROW),
+            (AUDIT, META_ESCROW),  # an exact duplicate
+            (PREAMBLE, META_ESCROW),
+            (GOVERNING, META_GOLF),
+            ("The Consultant shall wear the Products in all tournaments.", META_GOLF),
+        ]
+        return [make_candidate(i, t, similarity=0.7 - 0.1 * i, meta=m) for i, (t, m) in enumerate(texts)]
+
+
+@pytest.mark.parametrize(
+    ("pattern", "title", "party_keys"),
+    [
+        ("cuad_2ThemartComInc*", "CO-BRANDING AND ADVERTISING AGREEMENT", {"iescrow", "2themartcom"}),
+        ("cuad_ArcGroupInc_20171211*Sponsorship*", "Sponsorship Agreement", {"jacksonvillejaguars", "arcgroup"}),
+        ("cuad_WARNERCHILCOTTPLC_12_31_2003*", "DEVELOPMENT AGREEMENT", {"leo pharma a s", "galen"}),
+        ("cuad_ADAMSGOLFINC_03_21_2005*", "ENDORSEMENT AGREEMENT", {"adamsgolf"}),
+    ],
+)
+def test_enrich_reads_title_and_parties_of_real_contracts(eval_dir: Path, pattern, title, party_keys) -> None:
+    [path] = (eval_dir / "cuad" / "corpus").glob(pattern)
+    meta = LegalModule().enrich(path.read_text(errors="replace"), path.name, {})
+    assert meta["title"] == title
+    assert party_keys <= set(meta["party_keys"])
+
+
+def test_enrich_reads_date_and_governing_law(eval_dir: Path) -> None:
+    [path] = (eval_dir / "cuad" / "corpus").glob("cuad_WARNERCHILCOTTPLC_12_31_2003*")
+    meta = LegalModule().enrich(path.read_text(errors="replace"), path.name, {})
+    assert meta["governing_law"].lower() == "state of new york"
+    meta = LegalModule().enrich(PREAMBLE, "agreement.txt", {})
+    assert meta["effective_date"] == "1999-06-21" and meta["agreement_type"] == "co branding"
+
+
+@pytest.mark.parametrize(
+    ("question", "title", "parties", "clause"),
+    [
+        (QUESTION, "CO-BRANDING AND ADVERTISING AGREEMENT", "I-ESCROW, INC. and 2THEMART.COM, INC.",
+         "Does a party have the right to audit the books, records, or physical locations of the counterparty to "
+         "ensure compliance with the contract?"),
+        ("Which state's or country's law governs the ENDORSEMENT AGREEMENT between TOM WATSON and ADAMS GOLF, LTD.?",
+         "ENDORSEMENT AGREEMENT", "TOM WATSON and ADAMS GOLF, LTD.", "Which state's or country's law governs"),
+        ("What is the renewal term of the FRANCHISE AGREEMENT between Airsopure International Group, Inc. and [] after "
+         "its initial term expires?", "FRANCHISE AGREEMENT", "Airsopure International Group, Inc. and []",
+         "What is the renewal term"),
+        ("On what date does the initial term of the FRANCHISE AGREEMENT involving Goosehead Insurance Agency, LLC "
+         "expire?", "FRANCHISE AGREEMENT", "Goosehead Insurance Agency, LLC", "On what date does the initial term"),
+        ("How much notice is required to terminate renewal of the AGENCY AGREEMENT between Mutual Insurance "
+         "Corporation of America and Stratton, Cheeseman & Walsh-Nevada, Inc.?", "AGENCY AGREEMENT",
+         "Mutual Insurance Corporation of America and Stratton, Cheeseman & Walsh-Nevada, Inc.",
+         "How much notice is required to terminate renewal"),
+    ],
+)
+def test_question_parser_splits_real_cuad_questions(question, title, parties, clause) -> None:
+    assert parse_question(question) == {"title": title, "parties": parties, "clause": clause}
+
+
+def test_a_question_without_a_contract_is_not_split() -> None:
+    assert parse_question("Does a party have the right to audit the books?") is None
+
+
+def test_clause_questions_get_contract_wording() -> None:
+    assert "books and records" in clause_terms("Does a party have the right to audit the books?")
+    assert "governed by" in clause_terms("Which state's or country's law governs")
+    assert clause_terms("What colour is the sky?") == ""
+
+
+def test_fetch_restricts_to_the_named_contract_and_searches_the_clause() -> None:
+    module = LegalModule()
+    query = module.analyze(QUESTION)
+    search = RecordingSearch([make_candidate(0, AUDIT, meta=META_ESCROW)], values=KNOWN)
+    module.fetch(query, search)
+    [call] = search.calls
+    assert call["filter"].must == [MatchAny(key=PARTIES_KEY, any=["2themartcom", "i escrow", "iescrow"])]
+    assert call["text"].startswith("Does a party have the right to audit") and "books and records" in call["text"]
+    assert "CO-BRANDING" not in call["text"]
+
+
+def test_fetch_falls_back_to_the_title_then_to_everything() -> None:
+    module = LegalModule()
+    query = module.analyze("In the ENDORSEMENT AGREEMENT between NOBODY KNOWN and SOMEONE ELSE: Is there a non-compete?")
+    search = RecordingSearch([], values=KNOWN)
+    module.fetch(query, search)
+    assert [c["filter"] for c in search.calls][0].must == [MatchAny(key=TITLE_KEY, any=["endorsement agreement"])]
+    assert search.calls[-1]["filter"] is None and "whole collection" in query.notes["contract_filter"]
+
+
+def test_filter_drops_other_contracts_with_a_reason() -> None:
+    module = LegalModule()
+    query = module.analyze(QUESTION)
+    candidates = [make_candidate(0, AUDIT, meta=META_ESCROW), make_candidate(1, GOVERNING, meta=META_GOLF)]
+    module.fetch(query, RecordingSearch(candidates, values=KNOWN))
+    kept, dropped = module.filter(query, module.normalize(query, candidates))
+    assert kept.kept and not dropped.kept
+    assert dropped.reason == "contract 'ENDORSEMENT AGREEMENT' is not between the parties asked for"
+
+
+def test_normalize_annotates_dates() -> None:
+    module = LegalModule()
+    [c] = module.normalize(module.analyze(QUESTION), [make_candidate(0, PREAMBLE)])
+    assert "June 21, 1999 [= 1999-06-21]" in c.model_text and c.text == PREAMBLE

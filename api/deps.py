@@ -5,11 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Header, Request
 
 from core.resources import Resources
 from ingest.worker import IngestServices
+from modules.configs import ConfigStore
 from retrieval.ask import AskService
+from retrieval.search import SearchService
 
 
 @dataclass
@@ -19,6 +21,8 @@ class AppServices:
     resources: Resources
     ingest: IngestServices
     ask: AskService
+    search: SearchService
+    configs: ConfigStore
 
 
 def get_services(request: Request) -> AppServices:
@@ -31,5 +35,16 @@ def get_tenant(request: Request) -> str:
     return request.app.state.services.resources.settings.default_tenant
 
 
+def get_author(
+    x_sieve_user: Annotated[
+        str, Header(min_length=1, max_length=128, description="Who makes a config change (recorded in its history).")
+    ] = "anonymous",
+) -> str:
+    """The author of a change. Until API keys exist it is whatever `X-Sieve-User` says;
+    this is the one place that will use the key's principal instead."""
+    return x_sieve_user
+
+
 ServicesDep = Annotated[AppServices, Depends(get_services)]
 TenantDep = Annotated[str, Depends(get_tenant)]
+AuthorDep = Annotated[str, Depends(get_author)]

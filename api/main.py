@@ -9,7 +9,7 @@ from fastapi import FastAPI
 
 from api.deps import AppServices
 from api.errors import install_error_handlers
-from api.routes import ask, collections, documents, jobs
+from api.routes import ask, collections, documents, jobs, modules, search
 from core.resources import Resources
 from core.settings import Settings, get_settings
 from ingest.worker import IngestServices, recover, worker_task
@@ -32,8 +32,11 @@ def create_app(settings: Settings | None = None, *, models: bool = True) -> Fast
                 # The embedded engine has one owner, so this worker is the only one.
                 await recover(resources, exclusive=settings.qdrant_url is None)
                 worker, task = worker_task(resources)
+            # One service answers and searches: one router and one module cache.
+            answering = AskService(resources)
             app.state.services = AppServices(
-                resources=resources, ingest=IngestServices(resources), ask=AskService(resources)
+                resources=resources, ingest=IngestServices(resources), ask=answering, search=answering,
+                configs=answering.configs,
             )
             log.info("Sieve is ready on http://%s:%s (API docs at /docs)", settings.host, settings.port)
             yield
@@ -51,7 +54,7 @@ def create_app(settings: Settings | None = None, *, models: bool = True) -> Fast
         lifespan=lifespan,
     )
     install_error_handlers(app)
-    for router in (collections.router, documents.router, jobs.router, ask.router):
+    for router in (collections.router, documents.router, jobs.router, ask.router, search.router, modules.router):
         app.include_router(router)
 
     @app.get("/healthz", tags=["health"])

@@ -14,7 +14,11 @@ class _Request(BaseModel):
 
 class CollectionCreate(_Request):
     name: str = Field(description="1-64 characters: letters, digits, '_' or '-'.", examples=["filings"])
-    domain: str = Field("generic", description="Key of the domain module the collection uses by default.")
+    domain: str = Field(
+        "generic",
+        description="Key of the domain module the collection uses by default, or `auto`: a router picks the "
+        "module for each question (documents then get no domain-specific metadata at ingestion).",
+    )
 
 
 class CollectionOut(BaseModel):
@@ -90,11 +94,157 @@ class Citation(BaseModel):
     text: str
 
 
+class RouteOut(BaseModel):
+    module: str = Field(description="Key of the domain module that took the question.")
+    by: Literal["request", "collection", "router"] = Field(
+        description="Named by the request, the collection's domain, or chosen by the router (`auto` collections)."
+    )
+    score: float | None = Field(None, description="The router's similarity score for the module (router only).")
+
+
 class AskResponse(BaseModel):
     answer: str
     citations: list[Citation]
-    confidence: float = Field(description="Estimated probability that the answer is right.")
+    confidence: float = Field(
+        description="Calibrated probability that the answer is right (`sieve calibrate`); for an abstention "
+        "decided before any model was asked, 1 - the context's sufficiency."
+    )
     decision: Literal["answered", "escalated", "abstained"]
     model: str
     trace_id: str
     degraded: bool = Field(False, description="The large tier was needed but unavailable; the small answer is returned.")
+    route: RouteOut | None = Field(None, description="Which module answered, and why.")
+
+
+# ---- search ----
+
+
+class SearchRequest(_Request):
+    collection: str
+    question: str = Field(min_length=1, max_length=4000)
+    module: str | None = Field(None, description="Domain module to use; default: the collection's.")
+    k: int = Field(10, ge=1, le=100, description="Most chunks returned.")
+    explain: bool = Field(False, description="Also return the candidates the module dropped, each with its reason.")
+
+
+class SearchHit(BaseModel):
+    doc_id: str
+    filename: str
+    page: int | None
+    text: str
+    score: float = Field(description="Retrieval score (fused rank score for hybrid retrieval).")
+    similarity: float = Field(description="Cosine similarity of the chunk to the question.")
+    kept: bool
+    reason: str | None = Field(None, description="Why the module dropped the chunk.")
+
+
+class SearchResponse(BaseModel):
+    results: list[SearchHit] = Field(description="The chunks the module keeps, best first.")
+    dropped: list[SearchHit] | None = Field(None, description="With `explain`: the candidates dropped, with reasons.")
+    module: str
+    route: RouteOut
+    config_revision: int = Field(description="Revision of the module's config that was used (0: defaults).")
+    config_hash: str
+    latency_ms: dict[str, float] = Field(description="Milliseconds per stage, and `total`.")
+
+
+# ---- modules and their configs ----
+
+
+class ModuleOut(BaseModel):
+    key: str
+    description: str
+    config_schema: dict[str, Any] = Field(description="JSON Schema of the module's config: every setting, documented.")
+    revision: int = Field(description="Current config revision (0: the defaults).")
+    config_hash: str
+
+
+class ModuleConfigOut(BaseModel):
+    module: str
+    revision: int = Field(description="0: the module's defaults, never changed.")
+    config: dict[str, Any]
+    config_hash: str = Field(description="sha256 of the config's canonical JSON (16 hex digits), as traces record it.")
+    author: str | None = None
+    comment: str | None = None
+    created_at: datetime | None = None
+
+
+class ConfigUpdate(_Request):
+    config: dict[str, Any] = Field(description="Settings of the module's config (see its JSON Schema).")
+    comment: str | None = Field(None, max_length=2000, description="Why the change is made; shown in the history.")
+    base_revision: int | None = Field(
+        None, ge=0,
+        description="The revision the change was made from; if another change was saved since, the request "
+        "fails with 409 `stale_revision` instead of overwriting it.",
+    )
+
+
+class ConfigCheck(_Request):
+    config: dict[str, Any]
+
+
+class ConfigValid(BaseModel):
+    valid: Literal[True] = True
+
+
+class ConfigChangeOut(BaseModel):
+    path: str = Field(description="The setting, nested settings joined with dots.")
+    old: Any
+    new: Any
+
+
+class ConfigRevisionOut(ModuleConfigOut):
+    changes: list[ConfigChangeOut] = Field(description="What this revision changed from the previous one.")
+
+
+class RollbackRequest(_Request):
+    revision: int = Field(ge=0, description="The revision whose config becomes current again (0: the defaults).")
+
+
+class PreviewRequest(_Request):
+    collection: str
+    question: str = Field(min_length=1, max_length=4000)
+    config: dict[str, Any] = Field(
+        default_factory=dict, description="Settings to change, merged onto the current config (nothing is saved)."
+    )
+    k: int | None = Field(
+        None, ge=1, le=100, description="Curate as `/v1/search` with this k; default: as `/v1/ask` does."
+    )
+
+
+class PreviewCandidate(BaseModel):
+    id: str
+    doc_id: str
+    filename: str
+    page: int | None
+    rank: int
+    similarity: float
+    kept: bool
+    reason: str | None
+
+
+class PreviewSide(BaseModel):
+    config_hash: str
+    revision: int | None = Field(description="The current revision; null for the proposed config.")
+    candidates: list[PreviewCandidate]
+
+
+class PreviewDifference(BaseModel):
+    id: str
+    doc_id: str
+    filename: str
+    page: int | None
+    reason: str = Field(description="Why the other config does not keep the chunk.")
+
+
+class PreviewSummary(BaseModel):
+    kept_only_current: list[PreviewDifference] = Field(description="Chunks the proposed config would drop.")
+    kept_only_proposed: list[PreviewDifference] = Field(description="Chunks the proposed config would add.")
+
+
+class PreviewResponse(BaseModel):
+    module: str
+    changes: list[ConfigChangeOut]
+    current: PreviewSide
+    proposed: PreviewSide
+    summary: PreviewSummary

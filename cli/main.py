@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import time
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -16,6 +17,8 @@ import typer
 app = typer.Typer(help="Sieve: answers over your own documents.", no_args_is_help=True, add_completion=False)
 models_app = typer.Typer(help="Model files for the embedded default.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
+modules_app = typer.Typer(help="Domain modules and their configs, on a running service.", no_args_is_help=True)
+app.add_typer(modules_app, name="modules")
 
 UrlOpt = Annotated[str, typer.Option("--url", envvar="SIEVE_URL", help="Base URL of a running Sieve.")]
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -201,6 +204,261 @@ def ask(
         f"({result['decision']} by {result['model']}, confidence {result['confidence']:.2f}, "
         f"trace {result['trace_id']})"
     )
+
+
+def _print_chunk(c: dict) -> None:
+    page = f", page {c['page']}" if c["page"] else ""
+    verdict = "kept" if c["kept"] else f"dropped: {c['reason']}"
+    typer.echo(f"  {c['similarity']:.3f}  {c['filename']}{page}  ({verdict})")
+    typer.echo("        " + " ".join(c["text"].split())[:200])
+
+
+@app.command()
+def search(
+    question: str,
+    collection: Annotated[str, typer.Option("--collection", "-c")],
+    module: Annotated[str | None, typer.Option(help="Domain module (default: the collection's).")] = None,
+    k: Annotated[int, typer.Option("--k", min=1, max=100, help="Most chunks returned.")] = 10,
+    explain: Annotated[bool, typer.Option(help="Also show the dropped candidates and why.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the raw response.")] = False,
+    url: UrlOpt = DEFAULT_URL,
+) -> None:
+    """Show the chunks a module keeps for a question (no answer is generated)."""
+    body = {"collection": collection, "question": question, "k": k, "explain": explain}
+    if module:
+        body["module"] = module
+    with _client(url) as client:
+        result = _check(client.post("/v1/search", json=body))
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+        return
+    route = result["route"]
+    typer.echo(f"module {result['module']} (by {route['by']}), config revision {result['config_revision']}")
+    for c in result["results"]:
+        _print_chunk(c)
+    if result.get("dropped"):
+        typer.echo("dropped:")
+        for c in result["dropped"]:
+            _print_chunk(c)
+    typer.echo(f"({result['latency_ms'].get('total', 0):.0f} ms)")
+
+
+def _settings(assignments: list[str]) -> dict:
+    """`key=value` pairs as a config dict: dotted keys nest, values are JSON when they parse."""
+    config: dict = {}
+    for assignment in assignments:
+        key, sep, raw = assignment.partition("=")
+        if not sep or not key:
+            typer.echo(f"expected key=value, got {assignment!r}", err=True)
+            raise typer.Exit(2)
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            value = raw
+        *parents, leaf = key.split(".")
+        node = config
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return config
+
+
+def _print_revision(r: dict) -> None:
+    who = f" by {r['author']} at {r['created_at']}" if r.get("author") else " (defaults)"
+    comment = f": {r['comment']}" if r.get("comment") else ""
+    typer.echo(f"{r['module']} revision {r['revision']}{who}{comment}  [{r['config_hash']}]")
+
+
+@modules_app.command("list")
+def modules_list(url: UrlOpt = DEFAULT_URL) -> None:
+    """Every module with its current config revision."""
+    with _client(url) as client:
+        for m in _check(client.get("/v1/modules")):
+            typer.echo(f"{m['key']:12} revision {m['revision']:<4} {m['description']}")
+
+
+@modules_app.command("config")
+def modules_config(name: str, url: UrlOpt = DEFAULT_URL) -> None:
+    """A module's current config."""
+    with _client(url) as client:
+        current = _check(client.get(f"/v1/modules/{name}/config"))
+    _print_revision(current)
+    typer.echo(json.dumps(current["config"], indent=2))
+
+
+@modules_app.command("set")
+def modules_set(
+    name: str,
+    assignments: Annotated[list[str], typer.Argument(help="key=value (values parsed as JSON when they can be).")],
+    comment: Annotated[str | None, typer.Option(help="Why; shown in the history.")] = None,
+    url: UrlOpt = DEFAULT_URL,
+) -> None:
+    """Change some settings of a module's config (the others keep their values)."""
+    with _client(url) as client:
+        saved = _check(
+            client.patch(f"/v1/modules/{name}/config", json={"config": _settings(assignments), "comment": comment})
+        )
+    _print_revision(saved)
+
+
+@modules_app.command("history")
+def modules_history(name: str, url: UrlOpt = DEFAULT_URL) -> None:
+    """Every revision of a module's config, newest first, with what it changed."""
+    with _client(url) as client:
+        entries = _check(client.get(f"/v1/modules/{name}/history"))
+    if not entries:
+        typer.echo(f"{name}: defaults, never changed")
+    for entry in entries:
+        _print_revision(entry)
+        for change in entry["changes"]:
+            typer.echo(f"    {change['path']}: {json.dumps(change['old'])} -> {json.dumps(change['new'])}")
+
+
+@modules_app.command("rollback")
+def modules_rollback(name: str, revision: int, url: UrlOpt = DEFAULT_URL) -> None:
+    """Make an earlier revision's config current again (0: the defaults)."""
+    with _client(url) as client:
+        _print_revision(_check(client.post(f"/v1/modules/{name}/rollback", json={"revision": revision})))
+
+
+@modules_app.command("preview")
+def modules_preview(
+    name: str,
+    question: str,
+    collection: Annotated[str, typer.Option("--collection", "-c")],
+    assignments: Annotated[list[str] | None, typer.Argument(help="key=value settings to try.")] = None,
+    k: Annotated[int | None, typer.Option("--k", min=1, max=100, help="Curate as search does with this k.")] = None,
+    url: UrlOpt = DEFAULT_URL,
+) -> None:
+    """What a config change would do to a question, before saving it."""
+    body = {"collection": collection, "question": question, "config": _settings(assignments or []), "k": k}
+    with _client(url) as client:
+        result = _check(client.post(f"/v1/modules/{name}/preview", json=body))
+    for change in result["changes"]:
+        typer.echo(f"{change['path']}: {json.dumps(change['old'])} -> {json.dumps(change['new'])}")
+    current = {c["id"]: c for c in result["current"]["candidates"]}
+    proposed = {c["id"]: c for c in result["proposed"]["candidates"]}
+    typer.echo(f"{'rank':>4}  {'sim':>5}  {'current':30}  {'proposed':30}  chunk")
+    for cid in sorted(current.keys() | proposed.keys(), key=lambda i: (current.get(i) or proposed[i])["rank"]):
+        row = current.get(cid) or proposed[cid]
+        verdicts = [
+            ("kept" if c["kept"] else c["reason"]) if c else "not retrieved"
+            for c in (current.get(cid), proposed.get(cid))
+        ]
+        page = f" p{row['page']}" if row["page"] else ""
+        typer.echo(
+            f"{row['rank']:>4}  {row['similarity']:5.3f}  {verdicts[0][:30]:30}  {verdicts[1][:30]:30}  "
+            f"{row['filename']}{page}"
+        )
+    summary = result["summary"]
+    typer.echo(
+        f"the change drops {len(summary['kept_only_current'])} chunk(s) and adds "
+        f"{len(summary['kept_only_proposed'])}"
+    )
+
+
+# ---- calibration and evaluation (in-process: nothing needs to be running) ----
+
+
+QUESTIONS_HELP = "JSONL, one question a line: question, answers, answerable, domain."
+EVAL_MODES = "cascade,small_only,large_only"
+
+
+@asynccontextmanager
+async def _in_process(settings):
+    """The app's services and an httpx client on its REST API, in this process. With the
+    embedded Qdrant engine the data folder must not be in use by a running `sieve serve`."""
+    from api.main import create_app
+
+    application = create_app(settings)
+    async with application.router.lifespan_context(application):
+        transport = httpx.ASGITransport(app=application)
+        async with httpx.AsyncClient(transport=transport, base_url="http://sieve", timeout=600.0) as http:
+            yield application.state.services, http
+
+
+@app.command()
+def calibrate(
+    questions: Annotated[Path, typer.Option(exists=True, dir_okay=False, help=QUESTIONS_HELP)],
+    collection: Annotated[str, typer.Option("--collection", "-c", help="The collection holding the documents.")],
+    module: Annotated[str | None, typer.Option(help="Domain module (default: the collection's).")] = None,
+    limit: Annotated[
+        int | None, typer.Option(min=2, help="Use the first N questions (a small-model answer takes 3-8 s on 2 cores).")
+    ] = None,
+    l2: Annotated[float, typer.Option(min=0.0, help="L2 penalty of the logistic regression.")] = 1.0,
+) -> None:
+    """Fit each module's confidence calibration from labelled questions and store it as a new version."""
+    _offline_env()
+    _logging()
+    from core.settings import get_settings
+    from retrieval.evaluation import calibrate as run_calibration, load_questions
+
+    settings = get_settings()
+    items = load_questions(questions, limit)
+
+    async def run():
+        async with _in_process(settings) as (services, _http):
+            return await run_calibration(
+                services.ask, tenant=settings.default_tenant, collection=collection, module=module, items=items,
+                l2=l2, progress=typer.echo,
+            )
+
+    failed = False
+    for report in asyncio.run(run()):
+        if report.stored is None:
+            typer.echo(f"{report.module}: not calibrated ({report.skipped}; {report.metrics['n']} answers)")
+            failed = True
+            continue
+        m = report.metrics
+        typer.echo(f"{report.module}: calibration version {report.stored.version} from {m['n']} answers")
+        for kind in ("in_sample", "cross_validated"):
+            if kind in m:
+                k = m[kind]
+                typer.echo(f"  {kind:15} brier {k['brier']:.3f}  ece {k['ece']:.3f}  log-loss {k['log_loss']:.3f}  "
+                           f"accuracy@0.5 {k['accuracy']:.3f}  right {k['positives']}/{k['n']}")
+        shares = ", ".join(
+            f"{share:.0%} below {report.stored.calibrator.threshold_for_share(share):.2f}" for share in (0.2, 0.3, 0.4)
+        )
+        typer.echo(f"  escalation share -> confidence threshold: {shares}")
+    raise typer.Exit(1 if failed else 0)
+
+
+@app.command("eval")
+def evaluate(
+    questions: Annotated[Path, typer.Option(exists=True, dir_okay=False, help=QUESTIONS_HELP)],
+    corpus: Annotated[
+        Path, typer.Option(exists=True, file_okay=False, help="Folder of documents the questions are about.")
+    ],
+    out: Annotated[Path, typer.Option(help="Where results.jsonl, summary.json/.md and plots are written.")],
+    limit: Annotated[int | None, typer.Option(min=1, help="Ask only the first N questions.")] = None,
+    modes: Annotated[str, typer.Option(help="Comma-separated, of: cascade, small_only, large_only.")] = EVAL_MODES,
+    module: Annotated[str | None, typer.Option(help="Domain module (default: from the questions' domain).")] = None,
+    collection: Annotated[
+        str | None, typer.Option(help="Collection name (default: eval-<set>-<content hash>).")
+    ] = None,
+) -> None:
+    """Ingest a corpus once, ask every question in each mode, and write per-question results,
+    a summary (JSON, Markdown) and plots."""
+    _offline_env()
+    _logging()
+    from core.settings import get_settings
+    from retrieval.evaluation import ensure_corpus, evaluate as run_evaluation, load_questions, module_for
+
+    settings = get_settings()
+    items = load_questions(questions, limit)
+    key = module or module_for(items)
+    wanted = [m.strip() for m in modes.split(",") if m.strip()]
+
+    async def run():
+        async with _in_process(settings) as (services, http):
+            name = await ensure_corpus(http, corpus, domain=key, collection=collection, progress=typer.echo)
+            await run_evaluation(
+                services.ask, tenant=settings.default_tenant, collection=name, module=key, items=items, modes=wanted,
+                out=out, questions_path=questions, progress=typer.echo,
+            )
+
+    asyncio.run(run())
+    typer.echo((out / "summary.md").read_text())
 
 
 if __name__ == "__main__":

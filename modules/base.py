@@ -66,6 +66,25 @@ class ModuleConfig(BaseModel):
     context_tokens: int = Field(
         1200, ge=64, le=32000, description="Token budget of the context given to the model (approximate)."
     )
+    # ---- answering: small first, escalate when needed (retrieval/cascade.py) ----
+    escalate_below: float = Field(
+        0.5, ge=0.0, le=1.0,
+        description="Escalate to the large model when the calibrated confidence of the small model's answer "
+        "is below this (0: never escalate, 1: always). Ignored when escalation_target applies.",
+    )
+    escalation_target: float | None = Field(
+        None, ge=0.0, le=1.0,
+        description="Target share of questions escalated (e.g. 0.3), turned into a confidence threshold from "
+        "the module's calibration (`sieve calibrate`); without a calibration, escalate_below applies.",
+    )
+    abstain_below: float = Field(
+        0.2, ge=0.0, le=1.0,
+        description="Abstain, without asking a model, when the context's sufficiency (how much of the "
+        "question's words, names and numbers it holds, 0-1) is below this; 0 turns it off.",
+    )
+    small_max_tokens: int = Field(
+        160, ge=8, le=2048, description="Most tokens the small model may generate for an answer."
+    )
 
 
 ConfigT = TypeVar("ConfigT", bound=ModuleConfig)

@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter
 
 from api.deps import ServicesDep, TenantDep
-from api.schemas import AskRequest, AskResponse, Citation
+from api.schemas import AskRequest, AskResponse, Citation, RouteOut
 from retrieval.traces import load_trace
 
 router = APIRouter(tags=["ask"])
@@ -26,6 +26,7 @@ async def ask(body: AskRequest, services: ServicesDep, tenant: TenantDep) -> Ask
         model=result.model,
         trace_id=result.trace_id,
         degraded=result.degraded,
+        route=RouteOut(**result.route.as_dict()) if result.route else None,
     )
 
 

@@ -24,11 +24,11 @@ def _out(c: catalog.Collection) -> CollectionOut:
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=CollectionOut)
 async def create_collection(body: CollectionCreate, services: ServicesDep, tenant: TenantDep) -> CollectionOut:
-    """Create an empty collection whose questions go to the `domain` module by default."""
-    if body.domain not in registry.module_keys():
-        raise ValidationFailedError(
-            f"unknown domain {body.domain!r}", details=[f"domain: one of {', '.join(registry.module_keys())}"]
-        )
+    """Create an empty collection whose questions go to the `domain` module by default
+    (`auto`: a router picks the module for each question)."""
+    domains = [*registry.module_keys(), registry.AUTO_DOMAIN]
+    if body.domain not in domains:
+        raise ValidationFailedError(f"unknown domain {body.domain!r}", details=[f"domain: one of {', '.join(domains)}"])
     resources = services.resources
     created = await catalog.create_collection(
         resources.db, tenant=tenant, name=body.name, domain=body.domain,

@@ -55,7 +55,7 @@ def test_trace_records_stages_and_model_calls(client: TestClient) -> None:
     trace = client.get(f"/v1/traces/{body['trace_id']}").json()
     assert trace["question"] == "Which law governs the services agreement?"
     assert trace["route"]["module"] == "generic"
-    assert {"fetch", "normalize", "filter", "generate"} <= set(trace["latency_ms"])
+    assert {"fetch", "normalize", "filter", "generate_small"} <= set(trace["latency_ms"])
     candidates = trace["stages"]["candidates"]
     assert candidates and any(c["kept"] for c in candidates)
     assert all(c["reason"] for c in candidates if not c["kept"])

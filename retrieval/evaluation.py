@@ -1,0 +1,423 @@
+"""Measuring the cascade (`sieve eval`) and fitting its calibration (`sieve calibrate`).
+
+Both run in-process against the same `AskService` that serves `POST /v1/ask` (the CLI
+builds the app and enters its lifespan), so nothing needs to be running; with the embedded
+Qdrant engine, the data folder must then not be in use by a running `sieve serve`.
+
+`ensure_corpus` ingests an evaluation corpus once through the REST API (an httpx client on
+the in-process app): the collection is named after the corpus's content hash, so a
+collection of that name holds exactly these files, and only the files it lacks are uploaded.
+
+`evaluate` asks every question in each mode (`cascade`, `small_only`, `large_only`), scores
+it with the domain's metric (`retrieval.metrics`) and writes `results.jsonl`,
+`summary.json`, `summary.md` and two plots (accuracy by mode and domain; the small model's
+risk-coverage curve with the cascade and the large model beside it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import math
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from core.errors import ServiceError, ValidationFailedError
+from retrieval.ask import AskService
+from retrieval.cascade import MODES
+from retrieval.confidence import (
+    Calibrator,
+    StoredCalibration,
+    calibration_metrics,
+    cross_validated,
+    save_calibration,
+)
+from retrieval.metrics import METRIC_NAMES, score_answer
+from retrieval.traces import load_trace
+
+log = logging.getLogger(__name__)
+
+# The module that answers each evaluation set's domain.
+DOMAIN_MODULES = {"finance": "finance", "biomedical": "biomedical", "legal": "legal", "technical_manuals": "manuals"}
+UPLOAD_BATCH = 200
+Progress = Callable[[str], None]
+
+
+def load_questions(path: Path, limit: int | None = None) -> list[dict[str, Any]]:
+    """Questions from a JSONL file (`id`, `question`, `answers`, `answerable`, `domain`), the
+    first `limit` of them (the dev sets are shuffled already)."""
+    items = []
+    # Not `splitlines`: questions may hold U+2028 and the like, which it splits on.
+    for number, line in enumerate(path.read_text().split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValidationFailedError(
+                f"{path} line {number}: not JSON", details=[f"line {number}: {e.msg}"]
+            ) from e
+        if not isinstance(item, dict) or not item.get("question"):
+            raise ValidationFailedError(
+                f"{path} line {number}: not a question", details=[f"line {number}: needs 'question'"]
+            )
+        items.append(item)
+        if limit is not None and len(items) >= limit:
+            break
+    return items
+
+
+def module_for(items: Sequence[dict[str, Any]]) -> str:
+    """The module of the questions' domain (the most common one), else `generic`."""
+    domains = [i.get("domain") for i in items if i.get("domain")]
+    return DOMAIN_MODULES.get(max(set(domains), key=domains.count), "generic") if domains else "generic"
+
+
+# ---- ingesting the corpus once ----
+
+
+def corpus_files(corpus: Path) -> list[Path]:
+    return sorted(p for p in corpus.rglob("*") if p.is_file() and not p.name.startswith("."))
+
+
+def corpus_collection_name(corpus: Path, files: Sequence[Path]) -> str:
+    """`eval-<set>-<hash>`: the hash covers every file's name and content."""
+    digest = hashlib.sha256()
+    for p in files:
+        digest.update(f"{p.relative_to(corpus)}\0{hashlib.sha256(p.read_bytes()).hexdigest()}\n".encode())
+    label = (corpus.parent.name if corpus.name == "corpus" else corpus.name) or "corpus"
+    label = "".join(ch if ch.isalnum() or ch in "_-" else "-" for ch in label)[:40]
+    return f"eval-{label}-{digest.hexdigest()[:10]}"
+
+
+def _json(response: httpx.Response) -> Any:
+    if response.status_code >= 400:
+        request = response.request
+        raise RuntimeError(f"{request.method} {request.url.path}: {response.status_code} {response.text[:300]}")
+    return response.json() if response.content else None
+
+
+async def ensure_corpus(
+    http: httpx.AsyncClient, corpus: Path, *, domain: str, collection: str | None = None, progress: Progress = log.info
+) -> str:
+    """The collection holding `corpus`, created and ingested if needed; returns its name.
+    Files it already holds with the same content are not uploaded again."""
+    files = corpus_files(corpus)
+    if not files:
+        raise ValidationFailedError(f"{corpus} holds no files", details=[f"corpus: no files under {corpus}"])
+    name = collection or corpus_collection_name(corpus, files)
+    existing = {c["name"] for c in _json(await http.get("/v1/collections"))}
+    if name not in existing:
+        _json(await http.post("/v1/collections", json={"name": name, "domain": domain}))
+        progress(f"created collection {name} ({domain})")
+    held: dict[str, str] = {}
+    while True:
+        page = _json(await http.get(f"/v1/collections/{name}/documents", params={"limit": 1000, "offset": len(held)}))
+        held.update({d["filename"]: d["content_hash"] for d in page})
+        if len(page) < 1000:
+            break
+    missing = [
+        p for p in files if held.get(str(p.relative_to(corpus))) != hashlib.sha256(p.read_bytes()).hexdigest()
+    ]
+    progress(f"collection {name}: {len(files) - len(missing)} of {len(files)} files already ingested")
+    for start in range(0, len(missing), UPLOAD_BATCH):
+        group = missing[start : start + UPLOAD_BATCH]
+        upload = [("files", (str(p.relative_to(corpus)), p.read_bytes())) for p in group]
+        job = _json(await http.post(f"/v1/collections/{name}/documents", files=upload))
+        while (state := _json(await http.get(f"/v1/jobs/{job['job_id']}")))["state"] not in ("done", "failed"):
+            await asyncio.sleep(1.0)
+        progress(f"job {job['job_id']}: {state['state']}, {state['files_done']}/{state['files_total']} files")
+        for error in state.get("errors") or []:
+            progress(f"  failed: {error}")
+    return name
+
+
+# ---- asking ----
+
+
+@dataclass
+class QuestionResult:
+    id: str
+    mode: str
+    domain: str
+    answerable: bool
+    question: str
+    gold: list[str]
+    answer: str
+    decision: str
+    confidence: float
+    model: str
+    degraded: bool
+    score: float
+    correct: bool
+    latency_ms: float
+    cost: float
+    module: str | None = None
+    trace_id: str | None = None
+    error: str | None = None
+    features: dict[str, float] = field(default_factory=dict)
+
+
+async def ask_one(
+    service: AskService, *, tenant: str, collection: str, module: str | None, item: dict[str, Any], mode: str
+) -> QuestionResult:
+    """Ask one question in one mode and score it; a failed request is a wrong answer with its error."""
+    base = dict(
+        id=str(item.get("id", "")), mode=mode, domain=item.get("domain", ""),
+        answerable=bool(item.get("answerable", True)), question=item["question"], gold=list(item.get("answers") or []),
+    )
+    started = time.perf_counter()
+    try:
+        result = await service.ask(
+            tenant=tenant, collection=collection, question=item["question"], module=module, mode=mode
+        )
+    except ServiceError as e:
+        return QuestionResult(
+            **base, answer="", decision="error", confidence=0.0, model="", degraded=False, score=0.0, correct=False,
+            latency_ms=(time.perf_counter() - started) * 1000, cost=0.0, error=f"{e.code}: {e.message}",
+        )
+    latency = (time.perf_counter() - started) * 1000
+    trace = await load_trace(service.resources.db, tenant=tenant, trace_id=result.trace_id)
+    score = score_answer(item, result.answer, result.decision)
+    return QuestionResult(
+        **base, answer=result.answer, decision=result.decision, confidence=result.confidence, model=result.model,
+        degraded=result.degraded, score=score.value, correct=score.correct, latency_ms=latency,
+        cost=(trace.get("cost") or {}).get("total", 0.0), module=result.route.module if result.route else None,
+        trace_id=result.trace_id, features=(trace.get("confidence") or {}).get("features", {}),
+    )
+
+
+def _percentile(values: Sequence[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = q / 100 * (len(ordered) - 1)
+    low, high = math.floor(rank), math.ceil(rank)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+def _share(part: int, whole: int) -> float | None:
+    return part / whole if whole else None
+
+
+def summarize(results: Iterable[QuestionResult]) -> dict[str, Any]:
+    """Per mode: accuracy, escalation rate (of answerable questions), abstention recall and
+    precision (on unanswerable ones), false abstention rate, latency p50/p95/mean, cost."""
+    by_mode: dict[str, list[QuestionResult]] = defaultdict(list)
+    for r in results:
+        by_mode[r.mode].append(r)
+    summary: dict[str, Any] = {}
+    for mode, rows in by_mode.items():
+        answerable = [r for r in rows if r.answerable]
+        unanswerable = [r for r in rows if not r.answerable]
+        abstained = [r for r in rows if r.decision == "abstained"]
+        latencies = [r.latency_ms for r in rows]
+        domains: dict[str, list[float]] = defaultdict(list)
+        for r in rows:
+            domains[r.domain].append(r.score)
+        summary[mode] = {
+            "n_questions": len(rows),
+            "accuracy": sum(r.score for r in rows) / len(rows),
+            "accuracy_answerable": _share(sum(r.score for r in answerable), len(answerable)),
+            "escalation_rate": _share(sum(r.decision == "escalated" for r in answerable), len(answerable)),
+            "degraded_rate": _share(sum(r.degraded for r in rows), len(rows)),
+            "abstention_recall": _share(sum(r.decision == "abstained" for r in unanswerable), len(unanswerable)),
+            "abstention_precision": _share(sum(not r.answerable for r in abstained), len(abstained)),
+            "false_abstention_rate": _share(sum(r.decision == "abstained" for r in answerable), len(answerable)),
+            "latency_p50_ms": _percentile(latencies, 50),
+            "latency_p95_ms": _percentile(latencies, 95),
+            "latency_mean_ms": sum(latencies) / len(latencies),
+            "cost": sum(r.cost for r in rows),
+            "errors": sum(r.error is not None for r in rows),
+            "accuracy_by_domain": {d: sum(v) / len(v) for d, v in sorted(domains.items())},
+        }
+    return summary
+
+
+def risk_coverage(rows: Sequence[QuestionResult]) -> list[tuple[float, float]]:
+    """(coverage, accuracy) when keeping the k most confident answers, k = 1..n."""
+    ordered = sorted(rows, key=lambda r: -r.confidence)
+    points, total = [], 0.0
+    for k, r in enumerate(ordered, 1):
+        total += r.score
+        points.append((k / len(ordered), total / k))
+    return points
+
+
+def targets(summary: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
+    """The issue's targets: (what, measured, met), met None when a mode is missing."""
+    c, large = summary.get("cascade"), summary.get("large_only")
+    rows: list[tuple[str, str, bool | None]] = []
+
+    def fmt(x: float | None) -> str:
+        return "n/a" if x is None else f"{x:.3f}"
+
+    if c and large:
+        rows.append(("cascade accuracy >= 95% of large-only", f"{fmt(c['accuracy'])} vs {fmt(large['accuracy'])}",
+                     c["accuracy"] >= 0.95 * large["accuracy"]))
+        rows.append(("cascade mean latency <= 1/2 of large-only",
+                     f"{c['latency_mean_ms']:.0f} ms vs {large['latency_mean_ms']:.0f} ms",
+                     c["latency_mean_ms"] <= 0.5 * large["latency_mean_ms"]))
+    if c:
+        esc, rec, fa = c["escalation_rate"], c["abstention_recall"], c["false_abstention_rate"]
+        rows.append(("escalated answerable questions <= 40%", fmt(esc), None if esc is None else esc <= 0.4))
+        rows.append(("abstention recall >= 0.8", fmt(rec), None if rec is None else rec >= 0.8))
+        rows.append(("false abstentions <= 10%", fmt(fa), None if fa is None else fa <= 0.1))
+    return rows
+
+
+def summary_markdown(summary: dict[str, Any], *, questions: Path, collection: str, domains: Sequence[str]) -> str:
+    keys = ["n_questions", "accuracy", "accuracy_answerable", "escalation_rate", "degraded_rate", "abstention_recall",
+            "abstention_precision", "false_abstention_rate", "latency_p50_ms", "latency_p95_ms", "latency_mean_ms",
+            "cost", "errors"]
+    modes = [m for m in MODES if m in summary]
+
+    def cell(v: Any) -> str:
+        return "n/a" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v))
+
+    lines = [f"# Evaluation: {questions.name}", "", f"Collection `{collection}`; metrics: "
+             + "; ".join(f"{d}: {METRIC_NAMES.get(d, 'token F1')}" for d in domains), "",
+             "| metric | " + " | ".join(modes) + " |", "|---|" + "---|" * len(modes)]
+    lines += [f"| {k} | " + " | ".join(cell(summary[m][k]) for m in modes) + " |" for k in keys]
+    for d in sorted({d for m in modes for d in summary[m]["accuracy_by_domain"]}):
+        row = " | ".join(cell(summary[m]["accuracy_by_domain"].get(d)) for m in modes)
+        lines.append(f"| accuracy ({d}) | {row} |")
+    lines += ["", "## Targets", "", "| target | measured | met |", "|---|---|---|"]
+    lines += [f"| {what} | {measured} | {'n/a' if met is None else ('yes' if met else 'no')} |"
+              for what, measured, met in targets(summary)]
+    lines += ["", "Plots: `accuracy_by_mode.png`, `risk_coverage.png`. Per question: `results.jsonl`.", ""]
+    return "\n".join(lines)
+
+
+def plot(results: Sequence[QuestionResult], summary: dict[str, Any], out: Path) -> list[Path]:
+    """Accuracy by mode (and domain), and the small model's risk-coverage curve."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    modes = [m for m in MODES if m in summary]
+    domains = sorted({d for m in modes for d in summary[m]["accuracy_by_domain"]})
+    fig, ax = plt.subplots(figsize=(7, 4))
+    width = 0.8 / max(len(domains), 1)
+    for i, d in enumerate(domains):
+        xs = [j + i * width for j in range(len(modes))]
+        ax.bar(xs, [summary[m]["accuracy_by_domain"].get(d, 0.0) for m in modes], width, label=d)
+    ax.set_xticks([j + width * (len(domains) - 1) / 2 for j in range(len(modes))], modes)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("accuracy")
+    ax.set_title("Accuracy by mode")
+    ax.legend()
+    fig.tight_layout()
+    paths.append(out / "accuracy_by_mode.png")
+    fig.savefig(paths[-1], dpi=120)
+    plt.close(fig)
+
+    small = [r for r in results if r.mode == "small_only"]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    if small:
+        xs, ys = zip(*risk_coverage(small))
+        ax.plot(xs, ys, marker="." if len(xs) < 50 else None, label="small model, most confident first")
+    if "large_only" in summary:
+        ax.axhline(summary["large_only"]["accuracy"], color="gray", linestyle="--", label="large model only")
+    if "cascade" in summary and summary["cascade"]["escalation_rate"] is not None:
+        c = summary["cascade"]
+        ax.scatter([1 - c["escalation_rate"]], [c["accuracy"]], color="red", zorder=3,
+                   label="cascade (x: share kept by the small model)")
+    ax.set_xlim(0, 1.02)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("coverage (share of questions kept)")
+    ax.set_ylabel("accuracy of kept questions")
+    ax.set_title("Risk-coverage")
+    ax.legend(loc="lower left", fontsize=8)
+    fig.tight_layout()
+    paths.append(out / "risk_coverage.png")
+    fig.savefig(paths[-1], dpi=120)
+    plt.close(fig)
+    return paths
+
+
+async def evaluate(
+    service: AskService, *, tenant: str, collection: str, module: str | None, items: Sequence[dict[str, Any]],
+    modes: Sequence[str], out: Path, questions_path: Path, progress: Progress = log.info,
+) -> dict[str, Any]:
+    """Ask every item in every mode, write the results, summary and plots under `out`."""
+    unknown = [m for m in modes if m not in MODES]
+    if unknown:
+        raise ValidationFailedError(
+            f"unknown modes {unknown}", details=[f"modes: {m} is not one of {list(MODES)}" for m in unknown]
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    results: list[QuestionResult] = []
+    with (out / "results.jsonl").open("w") as sink:
+        for n, item in enumerate(items, 1):
+            for mode in modes:
+                r = await ask_one(service, tenant=tenant, collection=collection, module=module, item=item, mode=mode)
+                results.append(r)
+                sink.write(json.dumps(asdict(r)) + "\n")
+                sink.flush()
+                progress(f"[{n}/{len(items)}] {mode:10} {r.decision:9} score {r.score:.2f} "
+                         f"conf {r.confidence:.2f} {r.latency_ms:6.0f} ms  {r.id}")
+    summary = summarize(results)
+    domains = sorted({r.domain for r in results})
+    (out / "summary.json").write_text(json.dumps(
+        {"questions": str(questions_path), "collection": collection, "modes": summary,
+         "targets": [{"target": t, "measured": m, "met": ok} for t, m, ok in targets(summary)]}, indent=2))
+    markdown = summary_markdown(summary, questions=questions_path, collection=collection, domains=domains)
+    (out / "summary.md").write_text(markdown)
+    plot(results, summary, out)
+    return summary
+
+
+# ---- calibrating ----
+
+
+@dataclass
+class CalibrationReport:
+    module: str
+    stored: StoredCalibration | None
+    metrics: dict[str, Any]
+    skipped: str | None = None
+
+
+async def calibrate(
+    service: AskService, *, tenant: str, collection: str, module: str | None, items: Sequence[dict[str, Any]],
+    l2: float = 1.0, progress: Progress = log.info,
+) -> list[CalibrationReport]:
+    """Ask the small model every item (as `/v1/ask` does, small tier forced), label each
+    answer with the domain's metric, fit one calibration per module that answered, store it."""
+    rows: dict[str, list[tuple[dict[str, float], bool]]] = defaultdict(list)
+    for n, item in enumerate(items, 1):
+        r = await ask_one(service, tenant=tenant, collection=collection, module=module, item=item, mode="small_only")
+        if r.error or not r.module:
+            progress(f"[{n}/{len(items)}] skipped {r.id}: {r.error}")
+            continue
+        rows[r.module].append((r.features, r.correct))
+        progress(f"[{n}/{len(items)}] {r.decision:9} correct={r.correct!s:5} conf {r.confidence:.2f}  {r.id}")
+    reports = []
+    for key, labelled in sorted(rows.items()):
+        features, labels = [f for f, _ in labelled], [y for _, y in labelled]
+        if len(set(labels)) < 2:
+            reports.append(CalibrationReport(key, None, {"n": len(labels)},
+                                             skipped="needs both right and wrong answers; ask more questions"))
+            continue
+        calibrator = Calibrator.fit(features, labels, l2=l2)
+        metrics: dict[str, Any] = {"in_sample": calibration_metrics([calibrator.predict(f) for f in features], labels)}
+        if len(labels) >= 10:
+            metrics["cross_validated"] = calibration_metrics(cross_validated(features, labels, l2=l2), labels)
+        headline = metrics.get("cross_validated", metrics["in_sample"])
+        metrics.update(n=len(labels), brier=headline["brier"], ece=headline["ece"])
+        stored = await save_calibration(
+            service.resources.db, tenant=tenant, module=key, calibrator=calibrator, metrics=metrics
+        )
+        reports.append(CalibrationReport(key, stored, metrics))
+    return reports

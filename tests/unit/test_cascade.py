@@ -1,0 +1,146 @@
+"""The cascade's decisions with scripted model tiers: abstain, answer, escalate, degrade."""
+
+from __future__ import annotations
+
+import pytest
+
+from core.errors import ModelError
+from core.llm import ChatResult, TokenLogprob
+from core.resources import ModelTierClient
+from core.settings import ModelTier
+from modules.base import Candidate, ModuleConfig
+from retrieval.cascade import Cascade, escalation_threshold, tier_cost
+from retrieval.confidence import Calibrator, StoredCalibration
+from retrieval.prompting import NO_ANSWER
+from retrieval.traces import Trace
+
+pytestmark = pytest.mark.unit
+
+CONTEXT = [
+    Candidate(id="c1", doc_id="doc_a", filename="acme_2023.txt", page=2,
+              text="Acme Corp reported revenue of $4.2 billion in fiscal 2023.", payload={}, score=0.7,
+              similarity=0.7, rank=0),
+]
+QUESTION = "What was Acme Corp's revenue in fiscal 2023?"
+
+
+class ScriptedClient:
+    """Answers every chat with one text at one log-probability per token, or raises."""
+
+    def __init__(self, text: str = "", logprob: float = -0.05, error: ModelError | None = None):
+        self.text, self.logprob, self.error = text, logprob, error
+        self.calls: list[int] = []
+
+    async def chat(self, messages, *, max_tokens: int, stop=None) -> ChatResult:
+        self.calls.append(max_tokens)
+        if self.error:
+            raise self.error
+        tokens = [TokenLogprob(w, self.logprob, [(w, self.logprob), ("x", self.logprob - 2)]) for w in self.text.split()]
+        return ChatResult(text=self.text, tokens=tokens, prompt_tokens=1000, completion_tokens=len(tokens),
+                          latency_ms=3.0, model=f"{self.text[:3]}-model", finish_reason="stop")
+
+
+def tier(name: str, client: ScriptedClient, price_in: float = 0.0, price_out: float = 0.0) -> ModelTierClient:
+    return ModelTierClient(name=name, tier=ModelTier(url="http://x/v1", model=f"{name}-model",
+                                                     price_in_per_1k=price_in, price_out_per_1k=price_out),
+                           client=client)  # type: ignore[arg-type]
+
+
+def new_trace() -> Trace:
+    return Trace(id="tr_test", tenant="t", collection="c", question=QUESTION)
+
+
+GOOD = "Acme Corp reported revenue of $4.2 billion in fiscal 2023 [1]."
+UNSURE = "Maybe about nine dollars."
+
+
+async def answer(small, large, config=None, calibration=None, mode="cascade", trace=None):
+    return await Cascade(small, large).answer(
+        question=QUESTION, context=CONTEXT, config=config or ModuleConfig(), calibration=calibration,
+        trace=trace or new_trace(), mode=mode,
+    )
+
+
+async def test_a_confident_grounded_small_answer_is_answered() -> None:
+    small, large = ScriptedClient(GOOD), ScriptedClient("never")
+    trace = new_trace()
+    out = await answer(tier("small", small, 0.1, 0.2), tier("large", large), trace=trace)
+    assert out.decision == "answered" and out.text == GOOD and not out.degraded
+    assert out.confidence >= ModuleConfig().escalate_below
+    assert large.calls == [] and small.calls == [ModuleConfig().small_max_tokens]
+    assert {"generate_small", "confidence"} <= set(trace.data["latency_ms"])
+    assert trace.data["decision"]["decision"] == "answered"
+    assert trace.data["confidence"]["features"]["grounding"] == 1.0
+    assert trace.data["cost"]["small"] == pytest.approx(tier_cost(tier("s", small, 0.1, 0.2).tier, 1000, 11))
+    assert trace.data["models"][0]["tier"] == "small" and trace.data["models"][0]["prompt_tokens"] == 1000
+
+
+async def test_low_confidence_escalates_to_the_large_model() -> None:
+    small, large = ScriptedClient(UNSURE, logprob=-2.5), ScriptedClient(GOOD)
+    trace = new_trace()
+    out = await answer(tier("small", small), tier("large", large, 1.0, 2.0), trace=trace)
+    assert out.decision == "escalated" and out.text == GOOD and out.model == "Acm-model"
+    assert small.calls and large.calls
+    assert [m["tier"] for m in trace.data["models"]] == ["small", "large"]
+    assert "generate_large" in trace.data["latency_ms"]
+    assert trace.data["cost"]["large"] == pytest.approx(1.0 + 11 / 1000 * 2.0)
+    assert trace.data["confidence"]["small_confidence"] < trace.data["confidence"]["threshold"]
+
+
+async def test_the_small_models_no_answer_reply_abstains() -> None:
+    large = ScriptedClient(GOOD)
+    out = await answer(tier("small", ScriptedClient(NO_ANSWER)), tier("large", large))
+    assert out.decision == "abstained" and large.calls == []
+
+
+async def test_insufficient_context_abstains_without_asking_a_model() -> None:
+    small = ScriptedClient(GOOD)
+    trace = new_trace()
+    out = await Cascade(tier("small", small), None).answer(
+        question="What was Globex's revenue in fiscal 2019?", context=CONTEXT, config=ModuleConfig(),
+        calibration=None, trace=trace,
+    )
+    assert out.decision == "abstained" and out.text == NO_ANSWER and small.calls == []
+    assert trace.data["models"] == [] and "sufficiency" in trace.data["decision"]["reason"]
+    # Turned off by the module's config, the same question goes to the model.
+    off = await Cascade(tier("small", small), None).answer(
+        question="What was Globex's revenue in fiscal 2019?", context=CONTEXT,
+        config=ModuleConfig(abstain_below=0.0), calibration=None, trace=new_trace(),
+    )
+    assert off.decision != "abstained" and small.calls
+
+
+async def test_a_failing_large_tier_degrades_to_the_small_answer() -> None:
+    broken = ScriptedClient(error=ModelError("down", code="model_circuit_open"))
+    trace = new_trace()
+    out = await answer(tier("small", ScriptedClient(UNSURE, logprob=-2.5)), tier("large", broken), trace=trace)
+    assert out.decision == "answered" and out.degraded and out.text == UNSURE
+    assert broken.calls and trace.data["models"][-1]["error"] == "model_circuit_open"
+    assert "model_circuit_open" in trace.data["decision"]["reason"]
+
+
+async def test_a_missing_large_tier_degrades_when_escalation_is_needed() -> None:
+    out = await answer(tier("small", ScriptedClient(GOOD)), None, config=ModuleConfig(escalate_below=1.0))
+    assert out.decision == "answered" and out.degraded
+    fine = await answer(tier("small", ScriptedClient(GOOD)), None, config=ModuleConfig(escalate_below=0.0))
+    assert not fine.degraded
+
+
+async def test_forced_modes_ask_one_tier_only() -> None:
+    small, large = ScriptedClient(UNSURE, logprob=-2.5), ScriptedClient(GOOD)
+    only_small = await answer(tier("small", small), tier("large", large), mode="small_only")
+    assert only_small.decision == "answered" and large.calls == []
+    only_large = await answer(tier("small", small), tier("large", large), mode="large_only")
+    assert only_large.decision == "escalated" and len(small.calls) == 1 and len(large.calls) == 1
+    with pytest.raises(ModelError):
+        await answer(tier("small", small), None, mode="large_only")
+
+
+def test_a_target_share_becomes_a_threshold_only_with_a_calibration() -> None:
+    calibrator = Calibrator(features=["grounding"], coef=[1.0], intercept=0.0, mean=[0.0], scale=[1.0],
+                            quantiles=[i / 100 for i in range(101)])
+    stored = StoredCalibration(version=3, calibrator=calibrator, metrics={})
+    config = ModuleConfig(escalate_below=0.5, escalation_target=0.3)
+    assert escalation_threshold(config, stored) == pytest.approx(0.3)
+    assert escalation_threshold(config, None) == 0.5
+    assert escalation_threshold(ModuleConfig(escalate_below=0.7), stored) == 0.7

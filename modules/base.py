@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import re
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, Literal, TypeVar
 
@@ -120,11 +121,24 @@ class Candidate:
     kept: bool = True
     reason: str | None = None
     notes: list[str] = field(default_factory=list)
+    # A normalizer whose work waits for the first read of `model_text` (see `defer_normalization`).
+    deferred: Callable[[Candidate], tuple[str, list[str]]] | None = field(default=None, repr=False)
 
     @property
     def model_text(self) -> str:
         """What the model sees: the normalized text when there is one."""
+        if self.normalized is None and self.deferred is not None:
+            self.normalized, notes = self.deferred(self)
+            self.notes += notes
+            self.deferred = None
         return self.normalized if self.normalized is not None else self.text
+
+    def defer_normalization(self, normalizer: Callable[[Candidate], tuple[str, list[str]]]) -> None:
+        """Normalize on first use: `normalizer(candidate) -> (text, notes)` runs when the filter
+        first measures the candidate (or anything else reads `model_text`), so an expensive
+        normalization is spent only on candidates that can still fit the token budget. A
+        deferred normalizer must only annotate (add text), never shorten it."""
+        self.deferred = normalizer
 
     def drop(self, reason: str) -> None:
         self.kept = False
@@ -182,9 +196,18 @@ class FetchContext(ABC):
 
     @abstractmethod
     def search(
-        self, text: str, *, limit: int, mode: str = "hybrid", fusion: str = "rrf", filter: Filter | None = None
+        self,
+        text: str,
+        *,
+        limit: int,
+        mode: str = "hybrid",
+        fusion: str = "rrf",
+        filter: Filter | None = None,
+        sparse_text: str | None = None,
     ) -> list[Candidate]:
-        """Top `limit` live chunks for `text`, ranked, each with its cosine similarity to it."""
+        """Top `limit` live chunks for `text`, ranked, each with its cosine similarity to it.
+        `sparse_text` replaces `text` for the BM25 side only: a module can add keywords
+        (clause terminology, synonyms) without paying for a second embedding of the question."""
 
     @abstractmethod
     def known_values(self, key: str, limit: int = 1000) -> dict[str, int]:
@@ -217,6 +240,21 @@ def jaccard(a: set, b: set) -> float:
     return len(a & b) / len(a | b) if a and b else 0.0
 
 
+def rrf_merge(lists: list[list[Candidate]], k: int = 60) -> list[Candidate]:
+    """Reciprocal-rank fusion of several ranked candidate lists from the same index (by point
+    id): how a module prefers some candidates (a period, a contract) without excluding the rest."""
+    scores: dict[str, float] = {}
+    first: dict[str, Candidate] = {}
+    for ranked in lists:
+        for rank, c in enumerate(ranked):
+            scores[c.id] = scores.get(c.id, 0.0) + 1.0 / (k + rank)
+            first.setdefault(c.id, c)
+    merged = sorted(first.values(), key=lambda c: (-scores[c.id], c.id))
+    for rank, c in enumerate(merged):
+        c.rank, c.score = rank, scores[c.id]
+    return merged
+
+
 def apply_generic_filters(candidates: list[Candidate], cfg: ModuleConfig, *, count_tokens) -> list[Candidate]:
     """Score floor, near-duplicates, chunk cap and token budget, in rank order."""
     kept_shingles: list[set] = []
@@ -228,15 +266,18 @@ def apply_generic_filters(candidates: list[Candidate], cfg: ModuleConfig, *, cou
         if c.similarity < cfg.score_floor:
             c.drop(f"score {c.similarity:.2f} below floor {cfg.score_floor:.2f}")
             continue
+        if kept >= cfg.max_chunks:
+            c.drop(f"beyond the {cfg.max_chunks}-chunk limit")
+            continue
         sh = shingles(c.text)
         if any(jaccard(sh, other) >= cfg.near_duplicate_threshold for other in kept_shingles):
             c.drop("near-duplicate of a better candidate")
             continue
-        if kept >= cfg.max_chunks:
-            c.drop(f"beyond the {cfg.max_chunks}-chunk limit")
-            continue
-        tokens = count_tokens(c.model_text)
-        if used_tokens + tokens > cfg.context_tokens and kept > 0:
+        # A deferred normalization only adds to the text: when the stored text alone is over
+        # the budget, the candidate is dropped without being normalized.
+        over = kept > 0 and c.deferred is not None and used_tokens + count_tokens(c.text) > cfg.context_tokens
+        tokens = 0 if over else count_tokens(c.model_text)
+        if over or used_tokens + tokens > cfg.context_tokens and kept > 0:
             c.drop(f"over the {cfg.context_tokens}-token budget")
             continue
         kept_shingles.append(sh)

@@ -42,7 +42,14 @@ class CollectionSearch(FetchContext):
         return base.and_(extra) if extra else base
 
     def search(
-        self, text: str, *, limit: int, mode: str = "hybrid", fusion: str = "rrf", filter: Filter | None = None
+        self,
+        text: str,
+        *,
+        limit: int,
+        mode: str = "hybrid",
+        fusion: str = "rrf",
+        filter: Filter | None = None,
+        sparse_text: str | None = None,
     ) -> list[Candidate]:
         if not self.store.collection_exists(self.vector_name):
             return []
@@ -50,7 +57,7 @@ class CollectionSearch(FetchContext):
         hits = self.store.search(
             self.vector_name,
             dense=query_vector if mode in ("hybrid", "dense") else None,
-            sparse=self.sparse.embed_query(text) if mode in ("hybrid", "sparse") else None,
+            sparse=self.sparse.embed_query(sparse_text or text) if mode in ("hybrid", "sparse") else None,
             filter=self.scope(filter),
             limit=limit,
             fusion=fusion,  # type: ignore[arg-type]

@@ -25,6 +25,7 @@ from modules.base import (
     apply_generic_filters,
     approx_tokens,
     collapse_whitespace,
+    rrf_merge,
 )
 from modules.normalize import (
     annotate_amounts,
@@ -318,20 +319,6 @@ def resolve_companies(question: str, known_aliases: dict[str, int], *, fuzzy: fl
     return matched
 
 
-def _rrf_merge(lists: list[list[Candidate]], k: int = 60) -> list[Candidate]:
-    """Reciprocal-rank fusion of several ranked lists of the same index (by point id)."""
-    scores: dict[str, float] = {}
-    first: dict[str, Candidate] = {}
-    for ranked in lists:
-        for rank, c in enumerate(ranked):
-            scores[c.id] = scores.get(c.id, 0.0) + 1.0 / (k + rank)
-            first.setdefault(c.id, c)
-    merged = sorted(first.values(), key=lambda c: (-scores[c.id], c.id))
-    for rank, c in enumerate(merged):
-        c.rank, c.score = rank, scores[c.id]
-    return merged
-
-
 def _meta(c: Candidate) -> dict[str, Any]:
     return c.payload.get("meta") or {}
 
@@ -429,29 +416,33 @@ class FinanceModule(DomainModule[FinanceConfig]):
             # passage of another year (a comparative, an outlook) still competes.
             exact = search(preferred)
             query.notes["preferred"] = [c.model_dump() for c in preferred]
-            return _rrf_merge([exact, search([])]) if exact else search([])
+            return rrf_merge([exact, search([])]) if exact else search([])
         return search([])
 
     def normalize(self, query: Query, candidates: list[Candidate]) -> list[Candidate]:
-        cfg = self.config
+        # Annotating every amount and period is the costliest stage work (~3 ms a chunk):
+        # done for the candidates the filter measures, not for all `top_k`.
         for c in candidates:
-            text = collapse_whitespace(c.text)
-            notes: list[str] = []
-            if cfg.annotate_numbers:
-                text, n = annotate_amounts(text)
-                notes += n
-            scale = find_table_scale(text) or find_table_scale(c.payload.get("section") or "")
-            if scale and cfg.table_scale != "off":
-                text, n = apply_table_scale(text, scale, cells=cfg.table_scale == "cells")
-                notes += n
-            text, n = annotate_periods(text)
-            notes += n
-            if cfg.expand_abbreviations:
-                text, n = expand_abbreviations(text)
-                notes += n
-            c.normalized = text
-            c.notes += notes
+            c.defer_normalization(self._normalized)
         return candidates
+
+    def _normalized(self, c: Candidate) -> tuple[str, list[str]]:
+        cfg = self.config
+        text = collapse_whitespace(c.text)
+        notes: list[str] = []
+        if cfg.annotate_numbers:
+            text, n = annotate_amounts(text)
+            notes += n
+        scale = find_table_scale(text) or find_table_scale(c.payload.get("section") or "")
+        if scale and cfg.table_scale != "off":
+            text, n = apply_table_scale(text, scale, cells=cfg.table_scale == "cells")
+            notes += n
+        text, n = annotate_periods(text)
+        notes += n
+        if cfg.expand_abbreviations:
+            text, n = expand_abbreviations(text)
+            notes += n
+        return text, notes
 
     def filter(self, query: Query, candidates: list[Candidate]) -> list[Candidate]:
         cfg = self.config

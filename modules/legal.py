@@ -27,6 +27,7 @@ from modules.base import (
     apply_generic_filters,
     approx_tokens,
     collapse_whitespace,
+    rrf_merge,
 )
 from modules.normalize import annotate_dates, find_dates, name_key, squash
 from modules.registry import register
@@ -361,28 +362,35 @@ class LegalModule(DomainModule[LegalConfig]):
     def fetch(self, query: Query, ctx: FetchContext) -> list[Candidate]:
         cfg = self.config
         contract = query.notes.get("contract")
-        text = query.notes.get("search_text") or query.text
+        # Dense on the question as asked (its embedding is already computed); the clause
+        # terminology only widens the BM25 side.
+        keywords = query.notes.get("search_text")
+
+        def search(f: Filter | None) -> list[Candidate]:
+            return ctx.search(query.text, limit=cfg.top_k, mode=cfg.retrieval, fusion=cfg.fusion, filter=f,
+                              sparse_text=keywords)
+
         if not (cfg.use_question_filters and cfg.contract_filter and contract):
-            return ctx.search(text, limit=cfg.top_k, mode=cfg.retrieval, fusion=cfg.fusion,
-                              filter=query.filter if cfg.use_question_filters else None)
+            return search(query.filter if cfg.use_question_filters else None)
         parties = match_parties(contract["parties"], ctx.known_values(PARTIES_KEY, limit=20000), cfg.match_threshold)
-        titles = match_title(contract["title"], ctx.known_values(TITLE_KEY, limit=10000), cfg.match_threshold)
-        # The parties identify a contract better than its title ("SERVICES AGREEMENT"); the
-        # title narrows the search only when no party is recognised.
-        attempts = []
+        query.notes["matched_parties"] = parties
         if parties:
-            attempts.append(Filter(must=[MatchAny(key=PARTIES_KEY, any=parties)]))
-        if titles:
-            attempts.append(Filter(must=[MatchAny(key=TITLE_KEY, any=titles)]))
-        query.notes.update({"matched_parties": parties, "matched_titles": titles})
-        for f in attempts:
-            hits = ctx.search(text, limit=cfg.top_k, mode=cfg.retrieval, fusion=cfg.fusion, filter=f)
+            # The parties identify the contract: only its chunks are searched (and kept).
+            by_parties = Filter(must=[MatchAny(key=PARTIES_KEY, any=parties)])
+            hits = search(by_parties)
             if hits:
-                query.filter = f
-                query.notes["contract_filter"] = f.model_dump()
+                query.filter = by_parties
+                query.notes["contract_filter"] = by_parties.model_dump()
                 return hits
+        titles = match_title(contract["title"], ctx.known_values(TITLE_KEY, limit=10000), cfg.match_threshold)
+        query.notes["matched_titles"] = titles
+        if titles:
+            # A title alone ("AGENCY AGREEMENT") is shared by many contracts: contracts of that
+            # title rank first, but nothing is excluded.
+            query.notes["contract_preference"] = titles
+            return rrf_merge([search(Filter(must=[MatchAny(key=TITLE_KEY, any=titles)])), search(None)])
         query.notes["contract_filter"] = "no stored contract matches the title or parties: whole collection searched"
-        return ctx.search(text, limit=cfg.top_k, mode=cfg.retrieval, fusion=cfg.fusion)
+        return search(None)
 
     def normalize(self, query: Query, candidates: list[Candidate]) -> list[Candidate]:
         for c in candidates:

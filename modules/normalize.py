@@ -10,6 +10,7 @@ change, for `Candidate.notes`.
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 from dataclasses import dataclass
 from datetime import date
 
@@ -370,13 +371,22 @@ ABBREVIATIONS: dict[str, str] = {
 }
 
 
+@lru_cache(maxsize=16)
+def _abbreviation_pattern(shorts: tuple[str, ...]) -> re.Pattern[str]:
+    # One alternation, longest first, scanned once per text (not one search per abbreviation).
+    alternatives = "|".join(re.escape(short) for short in sorted(shorts, key=len, reverse=True))
+    return re.compile(rf"(?<![\w&])(?:{alternatives})(?![\w&])")
+
+
 def expand_abbreviations(text: str, table: dict[str, str] = ABBREVIATIONS) -> tuple[str, list[str]]:
     """Expand each known abbreviation once, at its first use: "EPS" -> "EPS (earnings per share)"."""
-    done: list[str] = []
-    for short, long in table.items():
-        pattern = re.compile(rf"(?<![\w&]){re.escape(short)}(?![\w&])")
-        m = pattern.search(text)
-        if m and long.lower() not in text.lower():
-            text = f"{text[: m.end()]} ({long}){text[m.end():]}"
-            done.append(short)
+    first: dict[str, int] = {}
+    for m in _abbreviation_pattern(tuple(table)).finditer(text):
+        first.setdefault(m.group(0), m.end())
+    lowered = text.lower()
+    done = [short for short in table if short in first and table[short].lower() not in lowered]
+    # Insert from the end, so that the offsets found still hold.
+    for short in sorted(done, key=lambda short: first[short], reverse=True):
+        end = first[short]
+        text = f"{text[:end]} ({table[short]}){text[end:]}"
     return text, ([f"expanded {', '.join(done)}"] if done else [])

@@ -180,3 +180,18 @@ def test_normalize_annotates_amounts_scales_and_periods() -> None:
     assert len(c.notes) == 3
     [t] = module.normalize(query, [make_candidate(1, "Total assets\n(in millions)\n36,500")])
     assert t.model_text.startswith("[Amounts in millions") and "table amounts are in millions" in t.notes
+
+
+def test_only_candidates_that_can_fit_the_budget_are_normalized() -> None:
+    module = FinanceModule(FinanceConfig(max_chunks=3, context_tokens=400))
+    query = module.analyze("What was 3M's capex in fiscal 2018?")
+    segments = ["Capital spending", "Research costs", "Dividends paid", "Share repurchases", "Pension funding"]
+    candidates = [
+        make_candidate(i, " ".join(f"{name} in region {j} was ${j + i}.2bn in fiscal 2018." for j in range(20)))
+        for i, name in enumerate(segments)
+    ]
+    filtered = module.filter(query, module.normalize(query, candidates))
+    assert [c.kept for c in filtered] == [True, False, False, False, False]
+    assert "[= USD 1.2 billion]" in filtered[0].model_text
+    assert all(c.reason == "over the 400-token budget" for c in filtered[1:])
+    assert all(c.normalized is None for c in filtered[1:]), "dropped candidates were normalized for nothing"

@@ -121,17 +121,33 @@ def test_fetch_restricts_to_the_named_contract_and_searches_the_clause() -> None
     module.fetch(query, search)
     [call] = search.calls
     assert call["filter"].must == [MatchAny(key=PARTIES_KEY, any=["2themartcom", "i escrow", "iescrow"])]
-    assert call["text"].startswith("Does a party have the right to audit") and "books and records" in call["text"]
-    assert "CO-BRANDING" not in call["text"]
+    # Dense on the question as asked (already embedded); the clause wording goes to BM25 only.
+    assert call["text"] == QUESTION
+    keywords = call["sparse_text"]
+    assert keywords.startswith("Does a party have the right to audit") and "books and records" in keywords
+    assert "CO-BRANDING" not in keywords
 
 
-def test_fetch_falls_back_to_the_title_then_to_everything() -> None:
+def test_a_title_alone_ranks_its_contracts_first_without_excluding_others() -> None:
     module = LegalModule()
     query = module.analyze("In the ENDORSEMENT AGREEMENT between NOBODY KNOWN and SOMEONE ELSE: Is there a non-compete?")
+    by_title, other = make_candidate(0, GOVERNING, meta=META_GOLF), make_candidate(1, AUDIT, meta=META_ESCROW)
+    search = RecordingSearch([by_title, other], values=KNOWN)
+    candidates = module.fetch(query, search)
+    assert [c["filter"].must if c["filter"] else None for c in search.calls] == [
+        [MatchAny(key=TITLE_KEY, any=["endorsement agreement"])], None
+    ]
+    assert query.notes["contract_preference"] == ["endorsement agreement"] and query.filter is None
+    filtered = module.filter(query, module.normalize(query, candidates))
+    assert all(c.kept for c in filtered), "a title-only match must not drop other contracts"
+
+
+def test_fetch_searches_everything_when_no_contract_matches() -> None:
+    module = LegalModule()
+    query = module.analyze("In the SPACE AGREEMENT between NOBODY KNOWN and SOMEONE ELSE: Is there a non-compete?")
     search = RecordingSearch([], values=KNOWN)
     module.fetch(query, search)
-    assert [c["filter"] for c in search.calls][0].must == [MatchAny(key=TITLE_KEY, any=["endorsement agreement"])]
-    assert search.calls[-1]["filter"] is None and "whole collection" in query.notes["contract_filter"]
+    assert [c["filter"] for c in search.calls] == [None] and "whole collection" in query.notes["contract_filter"]
 
 
 def test_filter_drops_other_contracts_with_a_reason() -> None:

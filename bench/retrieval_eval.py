@@ -8,6 +8,11 @@ for (a) the generic module with dense-only retrieval and (b) the domain module:
 
     python -m bench.retrieval_eval --set financebench
     python -m bench.retrieval_eval --set all --out bench/results/retrieval.json
+    python -m bench.retrieval_eval --set cuad --limit 100 --distractors 60
+
+With `--limit N --distractors M` only the first N answerable dev questions are asked, and the
+index holds their gold documents plus the first M other documents of the corpus (in name
+order): a smaller, cheaper corpus, with fewer distractors than the whole one.
 
 Metrics: recall@5 and @10 of the gold document; for FinanceBench also of the gold page,
 for CUAD of the gold clause text; MRR@10 of the gold document; p50/p95 latency of the module
@@ -80,10 +85,13 @@ class EvalIndex:
             enrich=self.module.enrich, extra_indexes=self.module.payload_indexes,
         )
 
-    def ensure_ingested(self, *, limit: int | None = None) -> dict[str, Any]:
+    def ensure_ingested(self, files: list[Path]) -> dict[str, Any]:
+        """Make the index hold exactly `files`: ingest what is new or changed, remove the rest."""
         manifest: dict[str, list[str]] = json.loads(self.manifest_path.read_text()) if self.manifest_path.exists() else {}
         ingestor = self.ingestor()
-        files = sorted((EVAL_DIR / self.set_name / "corpus").glob("*.txt"))[:limit]
+        for name in set(manifest) - {path.name for path in files}:
+            ingestor.remove(ingestor.doc_id(name))
+            del manifest[name]
         start, processed = time.perf_counter(), 0
         for i, path in enumerate(files):
             known = manifest.get(path.name)
@@ -91,8 +99,10 @@ class EvalIndex:
             if result.state != "unchanged":
                 processed += 1
                 manifest[path.name] = [result.content_hash, ingestor.config_hash]
+                # After every file: an interrupted run leaves at most one document, staged and
+                # invisible to search, that the manifest does not know.
+                self.manifest_path.write_text(json.dumps(manifest))
                 if processed % 25 == 0:
-                    self.manifest_path.write_text(json.dumps(manifest))
                     print(f"  {self.set_name}: {i + 1}/{len(files)} files", flush=True)
         self.manifest_path.write_text(json.dumps(manifest))
         return {"files": len(files), "processed": processed, "seconds": round(time.perf_counter() - start, 1),
@@ -206,17 +216,30 @@ def summarize(results: list[QuestionResult], k: int) -> dict[str, Any]:
 
 
 def dev_questions(set_name: str, limit: int | None = None) -> list[dict]:
-    rows = [json.loads(line) for line in (EVAL_DIR / set_name / "dev.jsonl").read_text().splitlines()]
+    from retrieval.evaluation import load_questions
+
+    rows = load_questions(EVAL_DIR / set_name / "dev.jsonl")
     return [q for q in rows if q["answerable"] and q["doc_ids"]][:limit]
 
 
-def run_set(set_name: str, *, limit: int | None, k: int) -> dict[str, Any]:
+def corpus_files(set_name: str, questions: list[dict], distractors: int | None) -> list[Path]:
+    """The whole corpus, or (with `distractors`) the questions' gold documents plus the first
+    `distractors` other documents in name order."""
+    files = sorted((EVAL_DIR / set_name / "corpus").glob("*.txt"))
+    if distractors is None:
+        return files
+    gold = {doc for q in questions for doc in q["doc_ids"]}
+    return [f for f in files if f.stem in gold] + [f for f in files if f.stem not in gold][:distractors]
+
+
+def run_set(set_name: str, *, limit: int | None, distractors: int | None, k: int) -> dict[str, Any]:
     from modules import module_class
 
     index = EvalIndex(set_name)
     try:
-        ingestion = index.ensure_ingested()
         questions = dev_questions(set_name, limit)
+        files = corpus_files(set_name, questions, distractors)
+        ingestion = index.ensure_ingested(files)
         generic = module_class("generic")(module_class("generic").config_model(retrieval="dense"))
         report = {
             "set": set_name,
@@ -233,10 +256,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--set", choices=[*SETS, "all"], required=True)
     parser.add_argument("--limit", type=int, help="Only the first N answerable dev questions.")
+    parser.add_argument(
+        "--distractors", type=int, help="Index only the questions' gold documents and this many others."
+    )
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--out", type=Path, help="Write the report as JSON here.")
     args = parser.parse_args()
-    reports = [run_set(s, limit=args.limit, k=args.k) for s in (SETS if args.set == "all" else [args.set])]
+    sets = SETS if args.set == "all" else [args.set]
+    reports = [run_set(s, limit=args.limit, distractors=args.distractors, k=args.k) for s in sets]
     for report in reports:
         print(json.dumps(report, indent=2))
     out = args.out or RESULTS_DIR / f"retrieval_{args.set}.json"

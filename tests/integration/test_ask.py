@@ -54,7 +54,9 @@ def test_trace_records_stages_and_model_calls(client: TestClient) -> None:
     ).json()
     trace = client.get(f"/v1/traces/{body['trace_id']}").json()
     assert trace["question"] == "Which law governs the services agreement?"
-    assert trace["route"]["module"] == "generic"
+    assert trace["route"] == {"module": "generic", "by": "collection", "score": None}
+    assert trace["module"]["key"] == "generic" and trace["module"]["config_revision"] == 0
+    assert len(trace["module"]["config_hash"]) == 16 and body["route"]["module"] == "generic"
     assert {"fetch", "normalize", "filter", "generate_small"} <= set(trace["latency_ms"])
     candidates = trace["stages"]["candidates"]
     assert candidates and any(c["kept"] for c in candidates)

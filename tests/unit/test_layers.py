@@ -1,8 +1,9 @@
-"""Imports flow one way: api/cli -> retrieval -> modules/ingest -> core.
+"""Imports flow one way: api/cli -> finetune -> retrieval -> modules/ingest -> core.
 
 `core` knows nothing of the rest; domain modules know only `core`; ingestion may use the
 modules (their ingest-time `enrich`); the query path may use modules and ingestion's job
-records; nothing imports the HTTP or CLI layers."""
+records; fine-tuning builds its examples with the query path; nothing imports the HTTP or
+CLI layers."""
 
 from __future__ import annotations
 
@@ -14,12 +15,13 @@ import pytest
 pytestmark = pytest.mark.unit
 
 REPO = Path(__file__).resolve().parents[2]
-LAYERS = ("core", "modules", "ingest", "retrieval", "api", "cli")
+LAYERS = ("core", "modules", "ingest", "retrieval", "finetune", "api", "cli")
 ALLOWED = {
     "core": {"core"},
     "modules": {"core", "modules"},
     "ingest": {"core", "modules", "ingest"},
     "retrieval": {"core", "modules", "ingest", "retrieval"},
+    "finetune": {"core", "modules", "ingest", "retrieval", "finetune"},
     "api": set(LAYERS) - {"cli"},
     "cli": set(LAYERS),
 }

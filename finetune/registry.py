@@ -1,0 +1,100 @@
+"""The adapter registry: fine-tuned LoRA adapters, their lineage and their metrics.
+
+An adapter's id is content-addressed: the module, the base model's sha256, the training
+data's hash and the hyper-parameters determine it (`adapter_id`), so the same fine-tune
+run twice lands on the same record, and a re-run replaces its files. Files live in
+`<data_dir>/adapters/<id>/`: the peft folder (for further training or merging) and
+`<id>.gguf` (what llama-server loads; its file stem is the name requests select it by).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from core import db
+from core.errors import NotFoundError
+
+
+@dataclass(frozen=True)
+class Adapter:
+    id: str
+    tenant: str
+    module: str
+    base_model: str
+    path: Path
+    meta: dict[str, Any]
+    created_at: datetime
+
+    @property
+    def gguf(self) -> Path:
+        return self.path / f"{self.id}.gguf"
+
+
+def adapter_id(module: str, base_sha256: str, data_hash: str, hyperparameters: dict[str, Any]) -> str:
+    """`<module>-<12 hex>`: a file stem llama-server accepts (no ',' or ':')."""
+    key = json.dumps(
+        {"module": module, "base": base_sha256, "data": data_hash, "hyperparameters": hyperparameters}, sort_keys=True
+    )
+    return f"{module}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+
+
+def adapters_dir(data_dir: Path) -> Path:
+    return data_dir / "adapters"
+
+
+async def save_adapter(engine: AsyncEngine, adapter: Adapter) -> None:
+    """Insert or replace the record (same id: the same fine-tune, run again)."""
+    values = dict(
+        tenant=adapter.tenant, module=adapter.module, base_model=adapter.base_model, path=str(adapter.path),
+        meta=adapter.meta, active=True, created_at=adapter.created_at,
+    )
+    async with engine.begin() as conn:
+        existing = await conn.scalar(select(db.adapters.c.id).where(db.adapters.c.id == adapter.id))
+        if existing:
+            await conn.execute(update(db.adapters).where(db.adapters.c.id == adapter.id).values(**values))
+        else:
+            await conn.execute(db.adapters.insert().values(id=adapter.id, **values))
+
+
+async def list_adapters(engine: AsyncEngine, *, tenant: str, module: str | None = None) -> list[Adapter]:
+    query = select(db.adapters).where(db.adapters.c.tenant == tenant, db.adapters.c.active.is_(True))
+    if module:
+        query = query.where(db.adapters.c.module == module)
+    async with engine.connect() as conn:
+        rows = (await conn.execute(query.order_by(db.adapters.c.created_at.desc()))).all()
+    return [_adapter(r) for r in rows]
+
+
+async def get_adapter(engine: AsyncEngine, *, tenant: str, adapter_id: str) -> Adapter:
+    async with engine.connect() as conn:
+        row = (
+            await conn.execute(
+                select(db.adapters).where(db.adapters.c.id == adapter_id, db.adapters.c.tenant == tenant)
+            )
+        ).first()
+    if row is None:
+        raise NotFoundError(f"adapter {adapter_id!r} does not exist", code="adapter_not_found")
+    return _adapter(row)
+
+
+async def all_adapter_files(engine: AsyncEngine) -> list[Path]:
+    """The GGUF file of every registered adapter that exists on disk (what the embedded
+    small-model server loads)."""
+    async with engine.connect() as conn:
+        rows = (await conn.execute(select(db.adapters).where(db.adapters.c.active.is_(True)))).all()
+    return [a.gguf for a in map(_adapter, rows) if a.gguf.is_file()]
+
+
+def _adapter(row: Any) -> Adapter:
+    return Adapter(
+        id=row.id, tenant=row.tenant, module=row.module, base_model=row.base_model, path=Path(row.path),
+        meta=row.meta or {}, created_at=row.created_at,
+    )

@@ -1,4 +1,4 @@
-# The Sieve image: API and ingestion workers (the model servers are llama.cpp's own image;
+# The Sieve image: API, ingestion and fine-tuning workers (the model servers are llama.cpp's own image;
 # see compose.yaml). Build: docker build -t sieve .
 FROM python:3.11-slim
 
@@ -16,6 +16,7 @@ COPY core core
 COPY ingest ingest
 COPY modules modules
 COPY retrieval retrieval
+COPY finetune finetune
 COPY api api
 COPY cli cli
 COPY bench bench

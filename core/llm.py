@@ -149,7 +149,8 @@ class ChatClient:
     `url` overrides `tier.url` (the embedded server's URL, ending in `/v1`).
     `adapters_via` says how an `AdapterRef` is selected: `"lora"` sends llama-server's
     per-request `lora` list, `"model"` sends the adapter name as `model` (vLLM);
-    the default is `"lora"` for the embedded server (`tier.url` is None), else `"model"`.
+    the default is `tier.adapters_via`, else `"lora"` for the embedded server (`tier.url`
+    is None) and `"model"` for other endpoints.
     """
 
     def __init__(
@@ -170,7 +171,7 @@ class ChatClient:
         self.url = base.rstrip("/")
         # llama-server's own endpoints (/health, /tokenize, /lora-adapters) sit at the root.
         self.root_url = self.url.removesuffix("/v1")
-        self.adapters_via = adapters_via or ("lora" if tier.url is None else "model")
+        self.adapters_via = adapters_via or tier.adapters_via or ("lora" if tier.url is None else "model")
         self.breaker = breaker or CircuitBreaker()
         self.backoff_s = backoff_s
         self.max_backoff_s = max_backoff_s

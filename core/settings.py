@@ -39,6 +39,12 @@ class ModelTier(BaseModel):
     stop: list[str] = Field(
         default_factory=list, description="Stop sequences sent with every request (a base model needs them)."
     )
+    adapters_via: Literal["lora", "model"] | None = Field(
+        None,
+        description="How a request selects a fine-tuned LoRA adapter: 'lora' (llama-server's per-request "
+        "`lora` list) or 'model' (the adapter's name as the model, as vLLM serves them). None: 'lora' for "
+        "the embedded server, 'model' for an endpoint at `url`.",
+    )
     context_tokens: int = Field(4096, description="Context window the server is started with.")
     threads: int = Field(1, description="CPU threads for the embedded server (1 stays steady under load).")
     timeout_s: float = Field(120.0, description="Per-request timeout, seconds.")

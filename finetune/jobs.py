@@ -260,10 +260,3 @@ async def _run_child(spec_file: Path, report) -> dict[str, Any]:
             f"the training process exited with {process.returncode}: {stderr[-2000:]}", code="finetune_failed"
         )
     return result
-
-
-def job_summary(result: dict[str, Any]) -> dict[str, Any]:
-    """The part of a finished job's result worth printing: adapter and before/after metrics."""
-    metrics = result.get("metrics") or {}
-    return {"adapter_id": result.get("adapter_id"), "base": metrics.get("base"), "tuned": metrics.get("tuned")}
-

@@ -85,11 +85,13 @@ async def get_adapter(engine: AsyncEngine, *, tenant: str, adapter_id: str) -> A
     return _adapter(row)
 
 
-async def all_adapter_files(engine: AsyncEngine) -> list[Path]:
-    """The GGUF file of every registered adapter that exists on disk (what the embedded
-    small-model server loads)."""
+async def all_adapter_files(engine: AsyncEngine, *, base_model: str) -> list[Path]:
+    """The GGUF file of every registered adapter trained on `base_model` that exists on disk
+    (what the embedded small-model server loads; an adapter of another base would stop it
+    from starting)."""
+    query = select(db.adapters).where(db.adapters.c.active.is_(True), db.adapters.c.base_model == base_model)
     async with engine.connect() as conn:
-        rows = (await conn.execute(select(db.adapters).where(db.adapters.c.active.is_(True)))).all()
+        rows = (await conn.execute(query)).all()
     return [a.gguf for a in map(_adapter, rows) if a.gguf.is_file()]
 
 

@@ -20,6 +20,7 @@ from sqlalchemy import select
 
 from core import db
 from core.resources import Resources
+from core.settings import Settings
 from finetune.jobs import JOB_KIND, JOB_TIMEOUT_S, QUEUE_NAME, finetune
 from finetune.registry import all_adapter_files
 from retrieval.search import SearchService
@@ -48,7 +49,7 @@ async def reload_adapters(resources: Resources, lock: asyncio.Lock | None = None
     if small is None or small.server is None:
         return []
     async with lock or asyncio.Lock():
-        files = await all_adapter_files(resources.db)
+        files = await all_adapter_files(resources.db, base_model=small.tier.model)
         server = small.server
         if sorted(map(str, files)) != sorted(map(str, server.adapters)):
             log.info("loading %d LoRA adapter(s) into the small model server", len(files))
@@ -93,3 +94,19 @@ def finetune_worker_task(services: FinetuneServices) -> tuple[Worker, asyncio.Ta
     """Start an in-process fine-tuning worker on the running event loop."""
     worker = build_finetune_worker(services)
     return worker, asyncio.create_task(worker.async_run(), name="sieve-finetune-worker")
+
+
+async def run_finetune_worker(settings: Settings, *, burst: bool = False) -> None:
+    """Run a standalone fine-tuning worker until cancelled (or, with `burst`, until the
+    queue is empty). Its adapters are read by the small tier's server from the shared data
+    folder; an external server loads them itself."""
+    resources = await Resources.open(settings, models=False)
+    try:
+        await recover_finetune_jobs(resources)
+        worker = build_finetune_worker(FinetuneServices(resources, SearchService(resources)), burst=burst)
+        try:
+            await worker.async_run()
+        finally:
+            await worker.close()
+    finally:
+        await resources.close()

@@ -86,6 +86,11 @@ class ModuleConfig(BaseModel):
     small_max_tokens: int = Field(
         160, ge=8, le=2048, description="Most tokens the small model may generate for an answer."
     )
+    adapter: str | None = Field(
+        None, min_length=1, max_length=64,
+        description="LoRA adapter (an id from GET /v1/adapters, fine-tuned for this module) the small model "
+        "answers with; None: the base model.",
+    )
 
 
 ConfigT = TypeVar("ConfigT", bound=ModuleConfig)

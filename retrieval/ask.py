@@ -4,6 +4,7 @@ when needed, `retrieval.cascade`) -> cited answer with a trace."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from core import catalog
@@ -34,7 +35,13 @@ class AskResult:
 
 class AskService(SearchService):
     """Answers questions over a collection (one instance per process, shared by requests);
-    module selection, configs and curation come from `SearchService`."""
+    module selection, configs and curation come from `SearchService`.
+
+    `on_missing_adapter`: awaited when the small model has not loaded the adapter a module's
+    config names, before one retry (the API sets it to reload the registered adapters into
+    the embedded server; see `retrieval.cascade`)."""
+
+    on_missing_adapter: Callable[[], Awaitable[object]] | None = None
 
     async def ask(
         self, *, tenant: str, collection: str, question: str, module: str | None = None, mode: AnswerMode = "cascade"
@@ -52,7 +59,7 @@ class AskService(SearchService):
         context = curated.kept
 
         calibration = await load_calibration(r.db, tenant=tenant, module=selection.module.key)
-        outcome = await Cascade(r.small, r.large).answer(
+        outcome = await Cascade(r.small, r.large, self.on_missing_adapter).answer(
             question=question, context=context, config=selection.module.config, calibration=calibration,
             trace=trace, mode=mode,
         )

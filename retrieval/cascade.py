@@ -15,20 +15,28 @@ For each question (`Cascade.answer`, mode `cascade`):
 
 Modes `small_only` and `large_only` ask one tier and apply no threshold (the baselines
 that `sieve eval` compares with, and how `sieve calibrate` collects small-model answers).
-Every step goes into the trace: models called with tokens, latency per stage, features,
-calibrated confidence, threshold, decision and reason, and cost by tier.
+Every step goes into the trace: models called with tokens (and the adapter, if any),
+latency per stage, features, calibrated confidence, threshold, decision and reason, and
+cost by tier.
+
+The small model answers with the module's fine-tuned LoRA adapter when its config names
+one (`ModuleConfig.adapter`). If the model server has not loaded it (`adapter_not_found`),
+`on_missing_adapter` is awaited once (the API reloads the registered adapters into the
+embedded server) and the call retried; if the adapter is still missing, the base model
+answers, the answer is `degraded` and the trace records `adapter_missing`: a question is
+not refused because an adapter file went missing, and the trace shows it did.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 from core.errors import ModelError
-from core.llm import ChatResult
+from core.llm import AdapterRef, ChatResult
 from core.resources import ModelTierClient
 from core.settings import ModelTier
 from modules.base import Candidate, ModuleConfig
@@ -78,11 +86,20 @@ def escalation_threshold(config: ModuleConfig, calibration: StoredCalibration | 
 
 
 class Cascade:
-    """Answers from curated context with the small tier, escalating to the large one."""
+    """Answers from curated context with the small tier, escalating to the large one.
 
-    def __init__(self, small: ModelTierClient | None, large: ModelTierClient | None):
+    `on_missing_adapter`: awaited when the small tier has not loaded the module's adapter,
+    before one retry (see the module docstring)."""
+
+    def __init__(
+        self,
+        small: ModelTierClient | None,
+        large: ModelTierClient | None,
+        on_missing_adapter: Callable[[], Awaitable[object]] | None = None,
+    ):
         self.small = small
         self.large = large
+        self.on_missing_adapter = on_missing_adapter
 
     async def answer(
         self,
@@ -103,7 +120,12 @@ class Cascade:
         record: dict = {"features": ctx_features, "calibration_version": calibration.version if calibration else None}
         trace.set("cost", {"small": 0.0, "large": 0.0, "total": 0.0})
 
+        missing_adapter: str | None = None
+
         def finish(outcome: CascadeAnswer, **extra) -> CascadeAnswer:
+            if missing_adapter:
+                outcome.degraded = True
+                outcome.reason += f"; adapter {missing_adapter} not loaded, the base model answered"
             trace.data["latency_ms"]["confidence"] = round(confidence_ms, 2)
             trace.set("confidence", {**record, "value": outcome.confidence, **extra})
             trace.set("decision", {"decision": outcome.decision, "reason": outcome.reason, "mode": mode,
@@ -132,7 +154,7 @@ class Cascade:
 
         if self.small is None:
             raise ModelError("no small model is configured", code="model_unavailable")
-        small = await self._generate(self.small, question, context, config.small_max_tokens, trace)
+        small, missing_adapter = await self._generate_small(question, context, config, trace)
         started = time.perf_counter()
         features = {**ctx_features, **answer_features(small, context, _sources(small.text, context))}
         confidence = calibrator.predict(features)
@@ -183,24 +205,62 @@ class Cascade:
             threshold=threshold, small_confidence=confidence, large_features=large_features,
         )
 
+    async def _generate_small(
+        self, question: str, context: Sequence[Candidate], config: ModuleConfig, trace: Trace
+    ) -> tuple[ChatResult, str | None]:
+        """The small tier's answer, with the module's adapter when it names one, and the
+        adapter's name if it was not loaded (the base model answered instead)."""
+        small = self.small
+        assert small is not None
+        if config.adapter is None:
+            return await self._generate(small, question, context, config.small_max_tokens, trace), None
+        adapter = AdapterRef(config.adapter)
+
+        async def with_adapter() -> ChatResult | None:
+            try:
+                return await self._generate(small, question, context, config.small_max_tokens, trace, adapter)
+            except ModelError as e:
+                if e.code != "adapter_not_found":
+                    raise
+                return None
+
+        result = await with_adapter()
+        if result is None and self.on_missing_adapter is not None:
+            await self.on_missing_adapter()
+            result = await with_adapter()
+        if result is not None:
+            return result, None
+        log.warning("the small model server has not loaded adapter %s; the base model answers", adapter.name)
+        trace.set("adapter_missing", adapter.name)
+        return await self._generate(small, question, context, config.small_max_tokens, trace), adapter.name
+
     async def _generate(
-        self, tier: ModelTierClient, question: str, context: Sequence[Candidate], max_tokens: int, trace: Trace
+        self,
+        tier: ModelTierClient,
+        question: str,
+        context: Sequence[Candidate],
+        max_tokens: int,
+        trace: Trace,
+        adapter: AdapterRef | None = None,
     ) -> ChatResult:
-        """One answer from a tier, its call, latency and cost recorded in the trace."""
+        """One answer from a tier, its call (and adapter), latency and cost recorded in the trace."""
         stage = f"generate_{tier.name}"
+        name = adapter.name if adapter else None
         try:
             with trace.timed(stage):
                 result = await tier.client.chat(
-                    build_messages(question, list(context)), max_tokens=max_tokens, stop=tier.tier.stop or None
+                    build_messages(question, list(context)), max_tokens=max_tokens, stop=tier.tier.stop or None,
+                    adapter=adapter,
                 )
         except ModelError as e:
             trace.model_call(
-                tier=tier.name, model=tier.tier.model, error=e.code, latency_ms=trace.data["latency_ms"][stage]
+                tier=tier.name, model=tier.tier.model, adapter=name, error=e.code,
+                latency_ms=trace.data["latency_ms"][stage],
             )
             raise
         cost = tier_cost(tier.tier, result.prompt_tokens, result.completion_tokens)
         trace.model_call(
-            tier=tier.name, model=result.model, prompt_tokens=result.prompt_tokens,
+            tier=tier.name, model=result.model, adapter=name, prompt_tokens=result.prompt_tokens,
             completion_tokens=result.completion_tokens, latency_ms=round(result.latency_ms, 1), cost=cost,
         )
         costs = trace.data["cost"]

@@ -1,4 +1,4 @@
-"""Jobs: follow asynchronous work (ingestion now; fine-tuning later)."""
+"""Jobs: follow asynchronous work: ingestion (per file) and fine-tuning (phase, step, loss, ETA)."""
 
 from __future__ import annotations
 

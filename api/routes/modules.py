@@ -1,14 +1,16 @@
 """Domain modules and their configs: read, change, validate, preview, history, rollback.
 
 Every change is a new revision of the tenant's config of a module, recorded with its
-author (`X-Sieve-User`), time and comment, and applies to the next question.
+author (`X-Sieve-User`), time and comment, and applies to the next question. A config
+that names a fine-tuned adapter (`adapter`) is saved only if the tenant has that adapter
+and it was trained for the module.
 """
 
 from __future__ import annotations
 
 from fastapi import APIRouter
 
-from api.deps import AuthorDep, ServicesDep, TenantDep
+from api.deps import AppServices, AuthorDep, ServicesDep, TenantDep
 from api.schemas import (
     ConfigChangeOut,
     ConfigCheck,
@@ -25,16 +27,24 @@ from api.schemas import (
     PreviewSummary,
     RollbackRequest,
 )
+from core.errors import NotFoundError, ValidationFailedError
+from finetune.registry import get_adapter
 from modules import module_class, module_keys
-from modules.base import Candidate
-from modules.configs import Change, Revision
+from modules.base import Candidate, ModuleConfig
+from modules.configs import Change, Revision, merge
 from retrieval.curate import Curated
 from retrieval.search import Preview
 
 router = APIRouter(prefix="/v1/modules", tags=["modules"])
 
 _ERRORS = {404: {"description": "`module_not_found`"}}
-_INVALID = {**_ERRORS, 422: {"description": "`validation_failed`, with one `path: message` detail per problem"}}
+_INVALID = {
+    **_ERRORS,
+    422: {
+        "description": "`validation_failed`, with one `path: message` detail per problem; `adapter_not_found` "
+        "(the tenant has no such adapter) or `adapter_module_mismatch` (it was trained for another module)"
+    },
+}
 _CHANGE_ERRORS = {**_INVALID, 409: {"description": "`stale_revision`: the config changed since `base_revision`"}}
 
 
@@ -47,6 +57,29 @@ def _config_out(r: Revision) -> ModuleConfigOut:
 
 def _changes(changes: list[Change]) -> list[ConfigChangeOut]:
     return [ConfigChangeOut(path=c.path, old=c.old, new=c.new) for c in changes]
+
+
+async def _check_adapter(
+    services: AppServices, tenant: str, module: str, config: ModuleConfig, current: Revision | None = None
+) -> None:
+    """Refuse a config naming an adapter the tenant does not have or that was trained for
+    another module. The current config's adapter is not checked again, so a change of other
+    settings is not refused for it."""
+    name = config.adapter
+    if name is None or (current is not None and current.config.adapter == name):
+        return
+    try:
+        adapter = await get_adapter(services.resources.db, tenant=tenant, adapter_id=name)
+    except NotFoundError as e:
+        raise ValidationFailedError(
+            f"adapter {name!r} does not exist", code="adapter_not_found",
+            details=[f"adapter: no adapter {name!r} (GET /v1/adapters lists them)"],
+        ) from e
+    if adapter.module != module:
+        raise ValidationFailedError(
+            f"adapter {name!r} was trained for module {adapter.module!r}", code="adapter_module_mismatch",
+            details=[f"adapter: {name!r} was trained for module {adapter.module!r}, not {module!r}"],
+        )
 
 
 @router.get("", response_model=list[ModuleOut])
@@ -79,6 +112,8 @@ async def replace_config(
     """Replace the whole config: **settings missing from `config` take their defaults**
     (to change a few settings and keep the others, use PATCH). Saving a config equal to
     the current one changes nothing and returns the current revision."""
+    config = services.configs.validate(name, body.config)
+    await _check_adapter(services, tenant, name, config, await services.configs.current(tenant, name))
     revision = await services.configs.save(
         tenant, name, body.config, author=author, comment=body.comment, base_revision=body.base_revision
     )
@@ -91,6 +126,10 @@ async def patch_config(
 ) -> ModuleConfigOut:
     """Change only the settings in `config` (nested settings are merged); the others keep
     their current values."""
+    current = await services.configs.current(tenant, name)
+    await _check_adapter(
+        services, tenant, name, services.configs.validate(name, merge(current.values, body.config)), current
+    )
     revision = await services.configs.patch(
         tenant, name, body.config, author=author, comment=body.comment, base_revision=body.base_revision
     )
@@ -98,10 +137,10 @@ async def patch_config(
 
 
 @router.post("/{name}/config/validate", response_model=ConfigValid, responses=_INVALID)
-async def validate_config(name: str, body: ConfigCheck, services: ServicesDep) -> ConfigValid:
+async def validate_config(name: str, body: ConfigCheck, services: ServicesDep, tenant: TenantDep) -> ConfigValid:
     """Check a whole config without saving it: 200 if valid, else 422 with one
     `path: message` detail per problem."""
-    services.configs.validate(name, body.config)
+    await _check_adapter(services, tenant, name, services.configs.validate(name, body.config))
     return ConfigValid()
 
 

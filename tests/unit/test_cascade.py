@@ -1,11 +1,12 @@
-"""The cascade's decisions with scripted model tiers: abstain, answer, escalate, degrade."""
+"""The cascade's decisions with scripted model tiers: abstain, answer, escalate, degrade,
+and the module's fine-tuned adapter on the small tier."""
 
 from __future__ import annotations
 
 import pytest
 
 from core.errors import ModelError
-from core.llm import ChatResult, TokenLogprob
+from core.llm import AdapterRef, ChatResult, TokenLogprob
 from core.resources import ModelTierClient
 from core.settings import ModelTier
 from modules.base import Candidate, ModuleConfig
@@ -25,16 +26,26 @@ QUESTION = "What was Acme Corp's revenue in fiscal 2023?"
 
 
 class ScriptedClient:
-    """Answers every chat with one text at one log-probability per token, or raises."""
+    """Answers every chat with one text at one log-probability per token, or raises.
 
-    def __init__(self, text: str = "", logprob: float = -0.05, error: ModelError | None = None):
+    `loaded`: the adapters it serves; a request for another raises `adapter_not_found`, as
+    `ChatClient` does for an adapter llama-server has not loaded."""
+
+    def __init__(
+        self, text: str = "", logprob: float = -0.05, error: ModelError | None = None, loaded: set[str] | None = None
+    ):
         self.text, self.logprob, self.error = text, logprob, error
+        self.loaded = loaded if loaded is not None else set()
         self.calls: list[int] = []
+        self.adapters: list[str | None] = []
 
-    async def chat(self, messages, *, max_tokens: int, stop=None) -> ChatResult:
+    async def chat(self, messages, *, max_tokens: int, stop=None, adapter: AdapterRef | None = None) -> ChatResult:
         self.calls.append(max_tokens)
+        self.adapters.append(adapter.name if adapter else None)
         if self.error:
             raise self.error
+        if adapter is not None and adapter.name not in self.loaded:
+            raise ModelError(f"adapter {adapter.name!r} is not loaded", code="adapter_not_found")
         tokens = [TokenLogprob(w, self.logprob, [(w, self.logprob), ("x", self.logprob - 2)]) for w in self.text.split()]
         return ChatResult(text=self.text, tokens=tokens, prompt_tokens=1000, completion_tokens=len(tokens),
                           latency_ms=3.0, model=f"{self.text[:3]}-model", finish_reason="stop")
@@ -54,8 +65,8 @@ GOOD = "Acme Corp reported revenue of $4.2 billion in fiscal 2023 [1]."
 UNSURE = "Maybe about nine dollars."
 
 
-async def answer(small, large, config=None, calibration=None, mode="cascade", trace=None):
-    return await Cascade(small, large).answer(
+async def answer(small, large, config=None, calibration=None, mode="cascade", trace=None, on_missing_adapter=None):
+    return await Cascade(small, large, on_missing_adapter).answer(
         question=QUESTION, context=CONTEXT, config=config or ModuleConfig(), calibration=calibration,
         trace=trace or new_trace(), mode=mode,
     )
@@ -144,3 +155,67 @@ def test_a_target_share_becomes_a_threshold_only_with_a_calibration() -> None:
     assert escalation_threshold(config, stored) == pytest.approx(0.3)
     assert escalation_threshold(config, None) == 0.5
     assert escalation_threshold(ModuleConfig(escalate_below=0.7), stored) == 0.7
+
+
+ADAPTER = "generic-0123456789ab"
+
+
+async def test_the_small_model_answers_with_the_modules_adapter_and_the_trace_names_it() -> None:
+    small, large = ScriptedClient(UNSURE, logprob=-2.5, loaded={ADAPTER}), ScriptedClient(GOOD)
+    trace = new_trace()
+    out = await answer(tier("small", small), tier("large", large), config=ModuleConfig(adapter=ADAPTER), trace=trace)
+    assert small.adapters == [ADAPTER] and large.adapters == [None]
+    assert [(m["tier"], m["adapter"]) for m in trace.data["models"]] == [("small", ADAPTER), ("large", None)]
+    assert out.decision == "escalated" and not out.degraded and "adapter_missing" not in trace.data
+    # Without an adapter in the config, the base model answers.
+    base = ScriptedClient(GOOD, loaded={ADAPTER})
+    plain = new_trace()
+    await answer(tier("small", base), None, trace=plain)
+    assert base.adapters == [None] and plain.data["models"][0]["adapter"] is None
+
+
+async def test_a_missing_adapter_is_reloaded_once_and_the_question_retried() -> None:
+    small = ScriptedClient(GOOD)
+    reloads: list[int] = []
+
+    async def reload() -> None:
+        reloads.append(1)
+        small.loaded.add(ADAPTER)
+
+    trace = new_trace()
+    out = await answer(tier("small", small), None, config=ModuleConfig(adapter=ADAPTER), trace=trace,
+                       on_missing_adapter=reload)
+    assert reloads == [1] and small.adapters == [ADAPTER, ADAPTER]
+    assert [m.get("error") for m in trace.data["models"]] == ["adapter_not_found", None]
+    assert out.decision == "answered" and out.text == GOOD and not out.degraded
+
+
+async def test_an_adapter_still_missing_after_a_reload_leaves_the_base_model_answering_degraded() -> None:
+    for reload_hook in (True, False):
+        small = ScriptedClient(GOOD)
+        reloads: list[int] = []
+
+        async def reload() -> None:
+            reloads.append(1)
+
+        trace = new_trace()
+        out = await answer(tier("small", small), None, config=ModuleConfig(adapter=ADAPTER), trace=trace,
+                           on_missing_adapter=reload if reload_hook else None)
+        tries = [ADAPTER, ADAPTER] if reload_hook else [ADAPTER]
+        assert reloads == ([1] if reload_hook else []) and small.adapters == [*tries, None]
+        assert out.decision == "answered" and out.text == GOOD and out.degraded
+        assert trace.data["adapter_missing"] == ADAPTER and trace.data["decision"]["degraded"]
+        assert ADAPTER in trace.data["decision"]["reason"]
+        assert [m["adapter"] for m in trace.data["models"]] == [*tries, None]
+
+
+async def test_other_model_errors_with_an_adapter_are_not_retried() -> None:
+    small = ScriptedClient(error=ModelError("down", code="model_timeout"), loaded={ADAPTER})
+    reloads: list[int] = []
+
+    async def reload() -> None:
+        reloads.append(1)
+
+    with pytest.raises(ModelError) as raised:
+        await answer(tier("small", small), None, config=ModuleConfig(adapter=ADAPTER), on_missing_adapter=reload)
+    assert raised.value.code == "model_timeout" and reloads == [] and small.adapters == [ADAPTER]

@@ -22,7 +22,7 @@ SIEVE_SERVICES = {name: s for name, s in SERVICES.items() if s.get("image") == "
 
 
 def test_every_sieve_service_has_settings_that_validate(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert set(SIEVE_SERVICES) == {"api", "worker", "models"}
+    assert set(SIEVE_SERVICES) == {"api", "worker", "finetune-worker", "models"}
     for name, service in SIEVE_SERVICES.items():
         for key in [k for k in os.environ if k.startswith("SIEVE_")]:
             monkeypatch.delenv(key)

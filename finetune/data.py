@@ -152,10 +152,6 @@ def _squash(text: str) -> str:
     return _WS.sub(" ", text).strip().lower()
 
 
-def _doc_stem(doc_id: str) -> str:
-    return doc_id.rsplit(".", 1)[0]
-
-
 def citation_for(pair: Pair, context: Sequence[Candidate]) -> int | None:
     """The 1-based number of the source that holds the answer: the first one containing a
     gold evidence span or answer, else the first from a gold document; None if no source
@@ -165,9 +161,10 @@ def citation_for(pair: Pair, context: Sequence[Candidate]) -> int | None:
     for i, text in enumerate(texts, 1):
         if any(s in text for s in spans):
             return i
-    gold = {_doc_stem(d) for d in pair.doc_ids}
+    # Evaluation sets name documents by file stem; ids may hold dots ("Inc._-_EX-10.10").
+    gold = set(pair.doc_ids)
     for i, c in enumerate(context, 1):
-        if gold & {_doc_stem(c.doc_id), _doc_stem(c.filename)}:
+        if gold & {c.doc_id, c.filename, Path(c.filename).stem}:
             return i
     return None
 

@@ -88,6 +88,9 @@ def test_cuad_targets_cite_the_clause_holding_the_evidence() -> None:
     assert target_answer(yes, context) == "Yes [2]."
     no = Pair(id="n", question="Non-compete?", answers=["No"], doc_ids=["cuad_a"])
     assert target_answer(no, context) == "No."
+    dotted = "cuad_Zounds_Hearing_Inc._-_MANUFACTURING_AGREEMENT_EX-10.10"
+    unquoted = Pair(id="u", question="Audit rights?", answers=["Yes"], doc_ids=[dotted], evidence=["not in the text"])
+    assert target_answer(unquoted, [candidate("other", "x"), candidate(dotted, "Audit...")]) == "Yes [2]."
     span = Pair(id="d", question="Agreement date?", answers=["6/21/1999", "June 21, 1999"], doc_ids=["cuad_a"])
     dated = [candidate("cuad_a", "This Agreement is made on June 21, 1999 by and between ...")]
     assert target_answer(span, dated) == "June 21, 1999 [1]"

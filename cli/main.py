@@ -84,8 +84,7 @@ def worker(
 def finetune_worker(
     burst: Annotated[bool, typer.Option(help="Stop when the queue is empty.")] = False,
 ) -> None:
-    """Run a fine-tuning worker process (one job at a time; `sieve serve` runs one itself
-    unless SIEVE_RUN_WORKER_IN_API is false)."""
+    """Run a fine-tuning worker process, one job at a time (`sieve serve` runs its own)."""
     _offline_env()
     _logging()
     from core.settings import get_settings

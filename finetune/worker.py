@@ -23,6 +23,7 @@ from core.resources import Resources
 from core.settings import Settings
 from finetune.jobs import JOB_KIND, JOB_TIMEOUT_S, QUEUE_NAME, finetune
 from finetune.registry import all_adapter_files
+from ingest.worker import run_standalone
 from retrieval.search import SearchService
 
 log = logging.getLogger(__name__)
@@ -100,13 +101,9 @@ async def run_finetune_worker(settings: Settings, *, burst: bool = False) -> Non
     """Run a standalone fine-tuning worker until cancelled (or, with `burst`, until the
     queue is empty). Its adapters are read by the small tier's server from the shared data
     folder; an external server loads them itself."""
-    resources = await Resources.open(settings, models=False)
-    try:
+
+    async def start(resources: Resources) -> Worker:
         await recover_finetune_jobs(resources)
-        worker = build_finetune_worker(FinetuneServices(resources, SearchService(resources)), burst=burst)
-        try:
-            await worker.async_run()
-        finally:
-            await worker.close()
-    finally:
-        await resources.close()
+        return build_finetune_worker(FinetuneServices(resources, SearchService(resources)), burst=burst)
+
+    await run_standalone(settings, start)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from arq import Worker
@@ -97,18 +98,29 @@ async def recover(resources: Resources, *, exclusive: bool) -> int:
     return len(pending)
 
 
-async def run_worker(settings: Settings, *, burst: bool = False, exclusive: bool = False) -> None:
-    """Run a standalone worker until cancelled (or, with `burst`, until the queue is empty)."""
+async def run_standalone(settings: Settings, start: Callable[[Resources], Awaitable[Worker]]) -> None:
+    """Open the resources a worker process needs (no model tiers), build its worker with
+    `start` (which may first recover interrupted jobs) and run it until cancelled or, in
+    burst mode, until its queue is empty."""
     resources = await Resources.open(settings, models=False)
     try:
-        await recover(resources, exclusive=exclusive)
-        worker = build_worker(resources, burst=burst)
+        worker = await start(resources)
         try:
             await worker.async_run()
         finally:
             await worker.close()
     finally:
         await resources.close()
+
+
+async def run_worker(settings: Settings, *, burst: bool = False, exclusive: bool = False) -> None:
+    """Run a standalone ingestion worker until cancelled (or, with `burst`, until the queue is empty)."""
+
+    async def start(resources: Resources) -> Worker:
+        await recover(resources, exclusive=exclusive)
+        return build_worker(resources, burst=burst)
+
+    await run_standalone(settings, start)
 
 
 def worker_task(resources: Resources) -> tuple[Worker, asyncio.Task[Any]]:

@@ -75,13 +75,10 @@ def build(set_name: str, pairs, max_chunks: int | None, context_tokens: int | No
 
 
 def run_seed(args, seed: int) -> dict[str, Any]:
-    from core.models import resolve_gguf
-    from core.runtime import chat_template_path
     from core.settings import Settings
-    from finetune.checkpoint import gguf_sha256
     from finetune.data import examples_hash, write_examples
-    from finetune.registry import adapter_id
-    from finetune.run import FinetuneSpec, run
+    from finetune.jobs import plan_run
+    from finetune.run import run
     from finetune.train import LoraSettings
 
     pairs = pick(load_pairs(args.set, args.pools), args.train, args.eval, seed)
@@ -94,20 +91,14 @@ def run_seed(args, seed: int) -> dict[str, Any]:
         learning_rate=args.lr, eval_fraction=eval_fraction, seed=seed, threads=args.threads,
         eval_max_new_tokens=args.eval_tokens,
     )
-    settings = Settings()
-    tier = settings.small
-    gguf = resolve_gguf(tier.gguf or "", settings.resolved_models_dir)
     data_hash = examples_hash(examples)
     data_file = WORK_DIR / "data" / f"{data_hash}.jsonl"
     write_examples(examples, data_file)
-    ident = adapter_id(domain_module_key(args.set), gguf_sha256(gguf), data_hash, lora.model_dump())
-    template = chat_template_path(tier.chat_template)
-    spec = FinetuneSpec(
-        adapter_id=ident, base_gguf=str(gguf), checkpoints_dir=str(settings.resolved_models_dir / "checkpoints"),
-        chat_template=str(template) if template else None, examples_file=str(data_file),
-        out_dir=str(WORK_DIR / "adapters" / ident), lora=lora, stop=tier.stop or ["\n\n"],
-        server_context_tokens=tier.context_tokens,
+    spec, _ = plan_run(
+        Settings(), module=domain_module_key(args.set), examples_file=data_file, data_hash=data_hash, lora=lora,
+        adapters_root=WORK_DIR / "adapters",
     )
+    ident = spec.adapter_id
     result = run(spec)
     return {"seed": seed, "adapter_id": ident, "data_hash": data_hash, **prep, "lora": lora.model_dump(),
             "targets": _target_mix(examples), **result}

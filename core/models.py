@@ -167,6 +167,19 @@ def _assemble(spec: ModelSpec, target: Path) -> None:
     log.info("assembled %s in %.1f s", spec.key, progress.elapsed)
 
 
+def gguf_sha256(path: Path) -> str:
+    """The sha256 of a GGUF file: the one its `.verified` marker records when the file is
+    still the one that was checked (same size and mtime), else computed (user files)."""
+    try:
+        recorded = json.loads(path.with_name(f"{path.name}.verified").read_text())
+        st = path.stat()
+        if recorded.get("size") == st.st_size and recorded.get("mtime_ns") == st.st_mtime_ns:
+            return str(recorded["sha256"])
+    except (OSError, ValueError, KeyError, AttributeError):
+        pass
+    return _sha256(path, label=f"hashing {path.name}")
+
+
 def _sha256(path: Path, *, label: str) -> str:
     digest = hashlib.sha256()
     progress = _Progress(label, path.stat().st_size)

@@ -9,7 +9,6 @@ name and renamed, so a crash never leaves a half-written checkpoint behind.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -19,10 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core.errors import ModelError
+from core.models import gguf_sha256
 
 log = logging.getLogger(__name__)
-
-_BLOCK = 4 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -33,28 +31,6 @@ class BaseCheckpoint:
     gguf: Path
     gguf_sha256: str
     architecture: str
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(_BLOCK):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def gguf_sha256(gguf: Path) -> str:
-    """The sha256 of a GGUF file, read from the `.verified` marker `core.models` writes when
-    it matches the file's size and mtime, else computed."""
-    marker = gguf.with_name(gguf.name + ".verified")
-    try:
-        recorded = json.loads(marker.read_text())
-        st = gguf.stat()
-        if recorded.get("size") == st.st_size and recorded.get("mtime_ns") == st.st_mtime_ns:
-            return str(recorded["sha256"])
-    except (OSError, ValueError, KeyError):
-        pass
-    return file_sha256(gguf)
 
 
 def base_checkpoint(gguf: Path, cache_dir: Path) -> BaseCheckpoint:

@@ -36,10 +36,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from core import catalog, db
 from core.errors import NotFoundError, ServiceError, ValidationFailedError
-from core.models import resolve_gguf
+from core.models import gguf_sha256, resolve_gguf
 from core.runtime import chat_template_path
 from core.settings import Settings
-from finetune.checkpoint import gguf_sha256
 from finetune.data import Pair, build_examples, examples_hash, parse_pairs, write_examples
 from finetune.registry import Adapter, adapter_id, adapters_dir, get_adapter, save_adapter
 from finetune.run import FinetuneSpec
@@ -108,6 +107,26 @@ async def create_finetune_job(
     return job_id
 
 
+def plan_run(
+    settings: Settings, *, module: str, examples_file: Path, data_hash: str, lora: LoraSettings, adapters_root: Path
+) -> tuple[FinetuneSpec, str]:
+    """The spec of a training run of the small tier on `examples_file`, and the base GGUF's
+    sha256. The adapter id (and so its folder under `adapters_root`) is content-addressed.
+    Blocking (may assemble and hash the GGUF): call it from a thread."""
+    tier = settings.small
+    gguf = resolve_gguf(tier.gguf or "", settings.resolved_models_dir)
+    base_sha = gguf_sha256(gguf)
+    ident = adapter_id(module, base_sha, data_hash, lora.model_dump())
+    template = chat_template_path(tier.chat_template)
+    spec = FinetuneSpec(
+        adapter_id=ident, base_gguf=str(gguf), checkpoints_dir=str(settings.resolved_models_dir / "checkpoints"),
+        chat_template=str(template) if template else None, examples_file=str(examples_file),
+        out_dir=str(adapters_root / ident), lora=lora, stop=tier.stop or ["\n\n"],
+        server_context_tokens=tier.context_tokens,
+    )
+    return spec, base_sha
+
+
 # ---- the worker side ----
 
 
@@ -172,9 +191,11 @@ async def _run(services: Any, job_id: str, work: Path, request: dict[str, Any], 
         write_examples(examples, data_file)
 
     tier = settings.small
-    gguf = await asyncio.to_thread(resolve_gguf, tier.gguf or "", settings.resolved_models_dir)
-    base_sha = await asyncio.to_thread(gguf_sha256, gguf)
-    new_id = adapter_id(module_key, base_sha, data_hash, lora.model_dump())
+    spec, base_sha = await asyncio.to_thread(
+        plan_run, settings, module=module_key, examples_file=data_file, data_hash=data_hash, lora=lora,
+        adapters_root=adapters_dir(settings.data_dir),
+    )
+    new_id, out_dir = spec.adapter_id, Path(spec.out_dir)
     try:
         existing = await get_adapter(engine, tenant=tenant, adapter_id=new_id)
     except NotFoundError:
@@ -182,13 +203,6 @@ async def _run(services: Any, job_id: str, work: Path, request: dict[str, Any], 
     if existing is not None and existing.gguf.is_file():
         return {"adapter_id": new_id, "reused": True, **existing.meta}
 
-    out_dir = adapters_dir(settings.data_dir) / new_id
-    template = chat_template_path(tier.chat_template)
-    spec = FinetuneSpec(
-        adapter_id=new_id, base_gguf=str(gguf), checkpoints_dir=str(settings.resolved_models_dir / "checkpoints"),
-        chat_template=str(template) if template else None, examples_file=str(data_file), out_dir=str(out_dir),
-        lora=lora, stop=tier.stop or ["\n\n"], server_context_tokens=tier.context_tokens,
-    )
     spec_file = work / "spec.json"
     spec_file.write_text(spec.model_dump_json())
     outcome = await _run_child(spec_file, report)

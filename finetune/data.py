@@ -174,8 +174,10 @@ def target_answer(pair: Pair, context: Sequence[Candidate]) -> str:
 
     The no-answer reply when the pair is unanswerable, or when it names gold documents and
     none of them reached the context (the model must not learn to answer without the
-    evidence). Otherwise the reference answer with a citation: PubMedQA's label and the
-    first sentence of its conclusion ("Yes. Intubation took twice as long [1]"), CUAD's
+    evidence). Otherwise the reference answer with a citation: PubMedQA's label, with the
+    first sentence of its conclusion only when the cited source states it ("Yes. Intubation
+    took twice as long [1]"; PubMedQA's corpus withholds the conclusions, so there it is "Yes
+    [1].": a model taught to write sentences its context lacks learns to invent them), CUAD's
     Yes/No ("Yes [2]."; a "No" is an absence judgement and cites nothing), a span or value
     otherwise ("June 21, 1999 [1]"), preferring an annotated span found in the context.
     """
@@ -189,7 +191,8 @@ def target_answer(pair: Pair, context: Sequence[Candidate]) -> str:
     if pair.label and pair.label.lower() in ("yes", "no", "maybe"):
         conclusion = _SENTENCE_END.split((pair.long_answer or "").strip())[0].rstrip(".")
         opening = pair.label.capitalize()
-        return f"{opening}. {conclusion}{marker}." if conclusion else f"{opening}{marker}."
+        stated = conclusion and cite and _squash(conclusion) in _squash(context[cite - 1].text)
+        return f"{opening}. {conclusion}{marker}." if stated else f"{opening}{marker}."
     if reference.lower() in ("yes", "no"):
         return "No." if reference.lower() == "no" else f"Yes{marker}."
     in_context = [a for a in pair.answers if cite and _squash(a) in _squash(context[cite - 1].text)]

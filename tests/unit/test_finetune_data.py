@@ -70,13 +70,16 @@ def test_unanswerable_pairs_need_no_answer_and_learn_to_abstain() -> None:
     assert target_answer(pair, [candidate("c", "Some clause.")]) == NO_ANSWER
 
 
-def test_pubmedqa_target_states_the_label_its_conclusion_and_cites_the_gold_abstract() -> None:
+def test_pubmedqa_target_states_the_label_cites_the_gold_abstract_and_adds_only_what_it_says() -> None:
     pair = Pair(
         id="p", question="Is X better?", answers=["yes"], doc_ids=["pmid_1"], label="yes",
         long_answer="X was better in all groups. Further trials are needed.",
     )
     context = [candidate("pmid_2", "Unrelated."), candidate("pmid_1", "Methods... X outperformed Y.")]
-    assert target_answer(pair, context) == "Yes. X was better in all groups [2]."
+    # The conclusion is not in the cited abstract (PubMedQA withholds it): the label alone.
+    assert target_answer(pair, context) == "Yes [2]."
+    stating = [context[0], candidate("pmid_1", "Results... X was better in all groups. Further trials...")]
+    assert target_answer(pair, stating) == "Yes. X was better in all groups [2]."
     # The gold abstract was not retrieved: the model must not learn to answer anyway.
     assert target_answer(pair, context[:1]) == NO_ANSWER
 

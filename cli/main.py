@@ -529,6 +529,14 @@ def adapters_show(adapter_id: str, url: UrlOpt = DEFAULT_URL) -> None:
     _print_training(meta.get("training"))
 
 
+@adapters_app.command("delete")
+def adapters_delete(adapter_id: str, url: UrlOpt = DEFAULT_URL) -> None:
+    """Delete an adapter no module's current config names (its files too)."""
+    with _client(url) as client:
+        _check(client.delete(f"/v1/adapters/{adapter_id}"))
+    typer.echo(f"deleted adapter {adapter_id}")
+
+
 # ---- calibration and evaluation (in-process: nothing needs to be running) ----
 
 

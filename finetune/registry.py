@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from core import db
@@ -83,6 +84,16 @@ async def get_adapter(engine: AsyncEngine, *, tenant: str, adapter_id: str) -> A
     if row is None:
         raise NotFoundError(f"adapter {adapter_id!r} does not exist", code="adapter_not_found")
     return _adapter(row)
+
+
+async def delete_adapter(engine: AsyncEngine, *, tenant: str, adapter_id: str) -> Adapter:
+    """Remove the record, then the files (a crash between the two leaves files the registry
+    no longer names, never a record without files); NotFoundError(adapter_not_found)."""
+    adapter = await get_adapter(engine, tenant=tenant, adapter_id=adapter_id)
+    async with engine.begin() as conn:
+        await conn.execute(delete(db.adapters).where(db.adapters.c.id == adapter_id, db.adapters.c.tenant == tenant))
+    shutil.rmtree(adapter.path, ignore_errors=True)
+    return adapter
 
 
 async def all_adapter_files(engine: AsyncEngine, *, base_model: str) -> list[Path]:

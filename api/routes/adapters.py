@@ -2,19 +2,21 @@
 
 A module answers with an adapter once its config names it (`PUT`/`PATCH
 /v1/modules/{name}/config` with `adapter`); switching back or to another one is an
-ordinary config change, with history and rollback.
+ordinary config change, with history and rollback. An adapter is deleted only when no
+module's current config names it.
 """
 
 from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, status
 
 from api.deps import ServicesDep, TenantDep
 from api.schemas import AdapterOut
-from finetune.registry import Adapter, get_adapter, list_adapters
-from modules import module_class
+from core.errors import ConflictError
+from finetune.registry import Adapter, delete_adapter, get_adapter, list_adapters
+from modules import module_class, module_keys
 
 router = APIRouter(prefix="/v1/adapters", tags=["adapters"])
 
@@ -41,3 +43,24 @@ async def read_adapter(adapter_id: str, services: ServicesDep, tenant: TenantDep
     """One adapter: module, base model, hyper-parameters, training data hash, base model
     sha256, the base and fine-tuned metrics on held-out pairs, and the training's cost."""
     return _adapter_out(await get_adapter(services.resources.db, tenant=tenant, adapter_id=adapter_id))
+
+
+@router.delete(
+    "/{adapter_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses={404: {"description": "`adapter_not_found`"}, 409: {"description": "`adapter_in_use`"}},
+)
+async def remove_adapter(adapter_id: str, services: ServicesDep, tenant: TenantDep) -> None:
+    """Delete an adapter's record and files and unload it from the embedded small-model
+    server. Refused (409 `adapter_in_use`) while a module's current config names it: point
+    the module at another adapter, or none, first. Config revisions that named it stay in
+    the history; rolling back to one is refused with `adapter_not_found`."""
+    adapter = await get_adapter(services.resources.db, tenant=tenant, adapter_id=adapter_id)
+    users = [key for key in module_keys() if (await services.configs.current(tenant, key)).config.adapter == adapter.id]
+    if users:
+        raise ConflictError(
+            f"adapter {adapter.id!r} is in use", code="adapter_in_use",
+            details=[f"module {key!r}: its current config names the adapter" for key in users],
+        )
+    await delete_adapter(services.resources.db, tenant=tenant, adapter_id=adapter.id)
+    await services.finetune.reload_adapters()

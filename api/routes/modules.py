@@ -153,12 +153,15 @@ async def config_history(name: str, services: ServicesDep, tenant: TenantDep) ->
     ]
 
 
-@router.post("/{name}/rollback", response_model=ModuleConfigOut, responses=_ERRORS)
+@router.post("/{name}/rollback", response_model=ModuleConfigOut, responses=_INVALID)
 async def rollback_config(
     name: str, body: RollbackRequest, services: ServicesDep, tenant: TenantDep, author: AuthorDep
 ) -> ModuleConfigOut:
     """Make an earlier revision's config current again, as a new revision
-    (404 `revision_not_found` for a revision that does not exist)."""
+    (404 `revision_not_found` for a revision that does not exist; 422 `adapter_not_found`
+    when it names an adapter deleted since)."""
+    target = await services.configs.revision(tenant, name, body.revision)
+    await _check_adapter(services, tenant, name, target.config, await services.configs.current(tenant, name))
     return _config_out(await services.configs.rollback(tenant, name, body.revision, author=author))
 
 

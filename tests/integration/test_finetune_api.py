@@ -183,6 +183,7 @@ def test_adapters_are_listed_per_tenant_and_module(client: TestClient) -> None:
     assert error(client.get("/v1/adapters", params={"module": "astrology"}), 404)["code"] == "module_not_found"
     schema = client.get("/openapi.json").json()
     assert {"/v1/finetune", "/v1/finetune/upload", "/v1/adapters", "/v1/adapters/{adapter_id}"} <= set(schema["paths"])
+    assert "delete" in schema["paths"]["/v1/adapters/{adapter_id}"]
     assert schema["components"]["schemas"]["LoraSettings"]["properties"]["rank"]["description"]
     modules = {m["key"]: m for m in client.get("/v1/modules").json()}
     assert "GET /v1/adapters" in modules["legal"]["config_schema"]["properties"]["adapter"]["description"]
@@ -219,6 +220,31 @@ def test_a_module_config_names_only_an_adapter_of_that_module(client: TestClient
     assert latest[2]["changes"][0] == {"path": "adapter", "old": None, "new": "legal-dddddddddddd"}
     rolled = client.post("/v1/modules/legal/rollback", json={"revision": latest[2]["revision"]}).json()
     assert rolled["config"]["adapter"] == "legal-dddddddddddd"
+
+
+def test_an_adapter_is_deleted_only_when_no_module_uses_it_and_rollback_to_it_is_refused(client: TestClient) -> None:
+    add_adapter(client, "manuals-111111111111", "manuals")
+    folder = client.app.state.services.resources.settings.data_dir / "adapters" / "manuals-111111111111"
+    folder.mkdir(parents=True)
+    (folder / "manuals-111111111111.gguf").write_bytes(b"GGUF")
+    named = client.patch("/v1/modules/manuals/config", json={"config": {"adapter": "manuals-111111111111"}})
+    assert named.status_code == 200, named.text
+
+    in_use = error(client.delete("/v1/adapters/manuals-111111111111"), 409)
+    assert in_use["code"] == "adapter_in_use" and in_use["details"] == ["module 'manuals': its current config names the adapter"]
+    assert client.get("/v1/adapters/manuals-111111111111").status_code == 200 and folder.is_dir()
+
+    assert client.patch("/v1/modules/manuals/config", json={"config": {"adapter": None}}).status_code == 200
+    assert client.delete("/v1/adapters/manuals-111111111111").status_code == 204
+    assert error(client.get("/v1/adapters/manuals-111111111111"), 404)["code"] == "adapter_not_found"
+    assert not folder.exists()
+    assert error(client.delete("/v1/adapters/manuals-111111111111"), 404)["code"] == "adapter_not_found"
+
+    # The revision that named it stays in the history, but it cannot be made current again.
+    named_revision = named.json()["revision"]
+    refused = error(client.post("/v1/modules/manuals/rollback", json={"revision": named_revision}), 422)
+    assert refused["code"] == "adapter_not_found"
+    assert client.get("/v1/modules/manuals/config").json()["config"]["adapter"] is None
 
 
 def test_the_cli_fine_tunes_follows_the_job_and_lists_adapters(
@@ -275,6 +301,9 @@ def test_the_cli_fine_tunes_follows_the_job_and_lists_adapters(
     assert "30 training, 10 held-out" in shown.output
     missing = CliRunner().invoke(cli.app, ["adapters", "show", "legal-nope"])
     assert missing.exit_code == 1 and "adapter_not_found" in missing.output
+    deleted = CliRunner().invoke(cli.app, ["adapters", "delete", "legal-999999999999"])
+    assert deleted.exit_code == 0 and "deleted adapter legal-999999999999" in deleted.output
+    assert "legal-999999999999" not in CliRunner().invoke(cli.app, ["adapters", "list"]).output
 
 
 def test_a_module_whose_adapter_is_not_loaded_answers_with_the_base_model(

@@ -94,7 +94,7 @@ def run_seed(args, seed: int) -> dict[str, Any]:
     data_hash = examples_hash(examples)
     data_file = WORK_DIR / "data" / f"{data_hash}.jsonl"
     write_examples(examples, data_file)
-    spec, _ = plan_run(
+    spec = plan_run(
         Settings(), module=domain_module_key(args.set), examples_file=data_file, data_hash=data_hash, lora=lora,
         adapters_root=WORK_DIR / "adapters",
     )

@@ -529,6 +529,27 @@ def adapters_show(adapter_id: str, url: UrlOpt = DEFAULT_URL) -> None:
     _print_training(meta.get("training"))
 
 
+@adapters_app.command("import")
+def adapters_import(
+    folder: Annotated[Path, typer.Argument(exists=True, file_okay=False, help="The adapter's folder: adapter.json and <id>.gguf.")],
+    url: UrlOpt = DEFAULT_URL,
+) -> None:
+    """Register an adapter trained elsewhere (a GPU machine, `bench.finetune_bench`, another Sieve)."""
+    manifest = folder / "adapter.json"
+    if not manifest.is_file():
+        typer.echo(f"error: {manifest} does not exist (a fine-tuning run writes it beside the GGUF)", err=True)
+        raise typer.Exit(1)
+    ident = json.loads(manifest.read_text()).get("adapter_id", folder.name)
+    gguf = folder / f"{ident}.gguf"
+    if not gguf.is_file():
+        typer.echo(f"error: {gguf} does not exist", err=True)
+        raise typer.Exit(1)
+    with _client(url) as client, manifest.open("rb") as m, gguf.open("rb") as g:
+        a = _check(client.post("/v1/adapters/import", files={"manifest": ("adapter.json", m), "gguf": (gguf.name, g)}))
+    typer.echo(f"imported adapter {a['id']} for module {a['module']}")
+    typer.echo(f"use it: sieve modules set {a['module']} adapter={a['id']}")
+
+
 @adapters_app.command("delete")
 def adapters_delete(adapter_id: str, url: UrlOpt = DEFAULT_URL) -> None:
     """Delete an adapter no module's current config names (its files too)."""

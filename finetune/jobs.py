@@ -40,7 +40,7 @@ from core.models import gguf_sha256, resolve_gguf
 from core.runtime import chat_template_path
 from core.settings import Settings
 from finetune.data import Pair, build_examples, examples_hash, parse_pairs, write_examples
-from finetune.registry import Adapter, adapter_id, adapters_dir, get_adapter, save_adapter
+from finetune.registry import Adapter, AdapterManifest, adapter_id, adapters_dir, get_adapter, save_adapter
 from finetune.run import FinetuneSpec
 from finetune.train import LoraSettings
 from modules import module_keys
@@ -109,9 +109,9 @@ async def create_finetune_job(
 
 def plan_run(
     settings: Settings, *, module: str, examples_file: Path, data_hash: str, lora: LoraSettings, adapters_root: Path
-) -> tuple[FinetuneSpec, str]:
-    """The spec of a training run of the small tier on `examples_file`, and the base GGUF's
-    sha256. The adapter id (and so its folder under `adapters_root`) is content-addressed.
+) -> FinetuneSpec:
+    """The spec of a training run of the small tier on `examples_file` (with the base GGUF's
+    sha256). The adapter id (and so its folder under `adapters_root`) is content-addressed.
     Blocking (may assemble and hash the GGUF): call it from a thread."""
     tier = settings.small
     gguf = resolve_gguf(tier.gguf or "", settings.resolved_models_dir)
@@ -119,12 +119,13 @@ def plan_run(
     ident = adapter_id(module, base_sha, data_hash, lora.model_dump())
     template = chat_template_path(tier.chat_template)
     spec = FinetuneSpec(
-        adapter_id=ident, base_gguf=str(gguf), checkpoints_dir=str(settings.resolved_models_dir / "checkpoints"),
+        adapter_id=ident, module=module, base_gguf=str(gguf), base_sha256=base_sha, data_hash=data_hash,
+        checkpoints_dir=str(settings.resolved_models_dir / "checkpoints"),
         chat_template=str(template) if template else None, examples_file=str(examples_file),
         out_dir=str(adapters_root / ident), lora=lora, stop=tier.stop or ["\n\n"],
         server_context_tokens=tier.context_tokens,
     )
-    return spec, base_sha
+    return spec
 
 
 # ---- the worker side ----
@@ -191,7 +192,7 @@ async def _run(services: Any, job_id: str, work: Path, request: dict[str, Any], 
         write_examples(examples, data_file)
 
     tier = settings.small
-    spec, base_sha = await asyncio.to_thread(
+    spec = await asyncio.to_thread(
         plan_run, settings, module=module_key, examples_file=data_file, data_hash=data_hash, lora=lora,
         adapters_root=adapters_dir(settings.data_dir),
     )
@@ -207,10 +208,9 @@ async def _run(services: Any, job_id: str, work: Path, request: dict[str, Any], 
     spec_file.write_text(spec.model_dump_json())
     outcome = await _run_child(spec_file, report)
 
-    meta = {
-        "base_model": tier.model, "base_gguf_sha256": base_sha, "data_hash": data_hash, "collection": request["collection"],
-        "hyperparameters": lora.model_dump(), "metrics": outcome["metrics"], "training": outcome["training"],
-        "examples": {"train": outcome["n_train"], "eval": outcome["n_eval"]}, "job_id": job_id,
+    manifest = AdapterManifest.model_validate(outcome)
+    meta = manifest.model_dump(exclude={"adapter_id", "module"}) | {
+        "base_model": tier.model, "collection": request["collection"], "job_id": job_id,
     }
     adapter = Adapter(
         id=new_id, tenant=tenant, module=module_key, base_model=tier.model, path=out_dir, meta=meta,

@@ -4,7 +4,9 @@ An adapter's id is content-addressed: the module, the base model's sha256, the t
 data's hash and the hyper-parameters determine it (`adapter_id`), so the same fine-tune
 run twice lands on the same record, and a re-run replaces its files. Files live in
 `<data_dir>/adapters/<id>/`: the peft folder (for further training or merging) and
-`<id>.gguf` (what llama-server loads; its file stem is the name requests select it by).
+`<id>.gguf` (what llama-server loads; its file stem is the name requests select it by) and
+`adapter.json` (`AdapterManifest`: lineage, metrics, cost), with which `import_adapter`
+registers a folder trained elsewhere (a GPU machine, another Sieve).
 """
 
 from __future__ import annotations
@@ -17,11 +19,15 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from core import db
-from core.errors import NotFoundError
+from core.errors import NotFoundError, ValidationFailedError
+
+MANIFEST = "adapter.json"
+GGUF_MAGIC = b"GGUF"
 
 
 @dataclass(frozen=True)
@@ -37,6 +43,21 @@ class Adapter:
     @property
     def gguf(self) -> Path:
         return self.path / f"{self.id}.gguf"
+
+
+class AdapterManifest(BaseModel):
+    """`adapter.json`: what a training run knows of its adapter, written beside its GGUF."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    adapter_id: str = Field(pattern=r"^[a-z][a-z0-9_]*-[0-9a-f]{12}$")
+    module: str
+    base_gguf_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    data_hash: str = Field(pattern=r"^[0-9a-f]{64}$")
+    hyperparameters: dict[str, Any]
+    metrics: dict[str, Any]
+    examples: dict[str, int]
+    training: dict[str, Any]
 
 
 def adapter_id(module: str, base_sha256: str, data_hash: str, hyperparameters: dict[str, Any]) -> str:
@@ -84,6 +105,42 @@ async def get_adapter(engine: AsyncEngine, *, tenant: str, adapter_id: str) -> A
     if row is None:
         raise NotFoundError(f"adapter {adapter_id!r} does not exist", code="adapter_not_found")
     return _adapter(row)
+
+
+async def import_adapter(
+    engine: AsyncEngine, data_dir: Path, *, tenant: str, manifest: AdapterManifest, gguf: bytes, base_model: str,
+    base_sha256: str,
+) -> Adapter:
+    """Register an adapter trained elsewhere: its manifest must match its content address
+    (`adapter_manifest_mismatch`) and the small tier's base model (`adapter_base_mismatch`),
+    and the file must be a GGUF (`adapter_bad_file`). Importing it again replaces it."""
+    expected = adapter_id(manifest.module, manifest.base_gguf_sha256, manifest.data_hash, manifest.hyperparameters)
+    if expected != manifest.adapter_id:
+        raise ValidationFailedError(
+            "the manifest does not match its adapter id", code="adapter_manifest_mismatch",
+            details=[f"adapter_id: module, base, data and hyper-parameters give {expected!r}, not {manifest.adapter_id!r}"],
+        )
+    if manifest.base_gguf_sha256 != base_sha256:
+        raise ValidationFailedError(
+            f"adapter {manifest.adapter_id!r} was trained on another base model", code="adapter_base_mismatch",
+            details=[f"base_gguf_sha256: {manifest.base_gguf_sha256[:12]}..., the small tier serves {base_sha256[:12]}..."],
+        )
+    if not gguf.startswith(GGUF_MAGIC):
+        raise ValidationFailedError("the adapter file is not a GGUF file", code="adapter_bad_file",
+                                    details=["gguf: does not start with the GGUF magic bytes"])
+    folder = adapters_dir(data_dir) / manifest.adapter_id
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, content in ((f"{manifest.adapter_id}.gguf", gguf), (MANIFEST, manifest.model_dump_json(indent=2).encode())):
+        partial = folder / f".{name}.partial"
+        partial.write_bytes(content)
+        partial.replace(folder / name)
+    meta = manifest.model_dump(exclude={"adapter_id", "module"}) | {"base_model": base_model, "imported": True}
+    adapter = Adapter(
+        id=manifest.adapter_id, tenant=tenant, module=manifest.module, base_model=base_model, path=folder, meta=meta,
+        created_at=db.utcnow(),
+    )
+    await save_adapter(engine, adapter)
+    return adapter
 
 
 async def delete_adapter(engine: AsyncEngine, *, tenant: str, adapter_id: str) -> Adapter:

@@ -11,7 +11,9 @@ training's cost) or one `error` (a bad-input code and message, before training s
 4. LoRA training (`finetune.train`), the peft adapter saved in `out_dir/peft`;
 5. conversion to `out_dir/<adapter_id>.gguf`;
 6. evaluation of the held-out examples through llama-server, the way answers are served:
-   the base model (adapter at scale 0) and the fine-tuned one, same prompts, same stop.
+   the base model (adapter at scale 0) and the fine-tuned one, same prompts, same stop;
+7. `out_dir/adapter.json`: the adapter's manifest (lineage, metrics, cost), which makes the
+   folder self-describing: `POST /v1/adapters/import` registers it on another machine.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from core.errors import ServiceError
 from finetune.checkpoint import base_checkpoint
 from finetune.data import Example, read_examples, split_examples
 from finetune.gguf_adapter import write_gguf_adapter
+from finetune.registry import MANIFEST, AdapterManifest
 from finetune.train import LoraSettings, Tokenized, add_lora, load_model, seed_everything, summarize, tokenize, train
 
 
@@ -39,7 +42,10 @@ class FinetuneSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     adapter_id: str
+    module: str
     base_gguf: str
+    base_sha256: str
+    data_hash: str
     checkpoints_dir: str
     chat_template: str | None
     examples_file: str
@@ -89,20 +95,20 @@ def run(spec: FinetuneSpec) -> dict[str, Any]:
 
     emit("progress", phase="evaluating", answered=0, n_eval=len(eval_examples))
     metrics = asyncio.run(evaluate_served(spec, Path(spec.base_gguf), gguf, [by_id[e.id] for e in eval_examples]))
-    return {
-        "adapter_id": spec.adapter_id,
-        "gguf": str(gguf),
-        "n_train": len(train_items),
-        "n_eval": len(eval_examples),
-        "metrics": metrics,
-        "training": {
+    manifest = AdapterManifest(
+        adapter_id=spec.adapter_id, module=spec.module, base_gguf_sha256=spec.base_sha256, data_hash=spec.data_hash,
+        hyperparameters=lora.model_dump(), metrics=metrics,
+        examples={"train": len(train_items), "eval": len(eval_examples)},
+        training={
             "steps": len(losses), "losses": [round(x, 4) for x in losses],
             "seconds": round(train_seconds, 1),
             "seconds_per_step": round(train_seconds / max(1, len(losses)), 2),
             "total_seconds": round(time.perf_counter() - started, 1), "peak_rss_mib": peak_rss_mib(),
             "mean_tokens": round(sum(i.length for i in train_items) / max(1, len(train_items)), 1),
         },
-    }
+    )
+    (out_dir / MANIFEST).write_text(manifest.model_dump_json(indent=2))
+    return {"gguf": str(gguf), "n_train": len(train_items), "n_eval": len(eval_examples), **manifest.model_dump()}
 
 
 async def evaluate_served(spec: FinetuneSpec, base_gguf: Path, adapter_gguf: Path, items: list[Tokenized]) -> dict[str, Any]:

@@ -3,19 +3,23 @@
 A module answers with an adapter once its config names it (`PUT`/`PATCH
 /v1/modules/{name}/config` with `adapter`); switching back or to another one is an
 ordinary config change, with history and rollback. An adapter is deleted only when no
-module's current config names it.
+module's current config names it. An adapter trained elsewhere (a GPU machine, another
+Sieve) is imported from the folder its run wrote: the GGUF and `adapter.json`.
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated
 
-from fastapi import APIRouter, Query, status
+from fastapi import APIRouter, File, Query, UploadFile, status
+from pydantic import ValidationError
 
 from api.deps import ServicesDep, TenantDep
 from api.schemas import AdapterOut
-from core.errors import ConflictError
-from finetune.registry import Adapter, delete_adapter, get_adapter, list_adapters
+from core.errors import ConflictError, PayloadTooLargeError, ValidationFailedError
+from core.models import gguf_sha256, resolve_gguf
+from finetune.registry import Adapter, AdapterManifest, delete_adapter, get_adapter, import_adapter, list_adapters
 from modules import module_class, module_keys
 
 router = APIRouter(prefix="/v1/adapters", tags=["adapters"])
@@ -36,6 +40,48 @@ async def read_adapters(
         module_class(module)  # unknown module -> module_not_found
     adapters = await list_adapters(services.resources.db, tenant=tenant, module=module)
     return [_adapter_out(a) for a in adapters]
+
+
+@router.post(
+    "/import",
+    status_code=status.HTTP_201_CREATED,
+    response_model=AdapterOut,
+    responses={
+        404: {"description": "`module_not_found`"},
+        413: {"description": "`adapter_too_large`: a file over the `max_file_bytes` setting"},
+        422: {
+            "description": "`adapter_bad_manifest` (one `path: message` detail per problem), "
+            "`adapter_manifest_mismatch`, `adapter_base_mismatch` (trained on another small model), `adapter_bad_file`"
+        },
+    },
+)
+async def import_adapter_files(
+    gguf: Annotated[UploadFile, File(description="The adapter in llama.cpp's GGUF LoRA format (`<id>.gguf`).")],
+    manifest: Annotated[UploadFile, File(description="`adapter.json`, as the fine-tuning run wrote it beside the GGUF.")],
+    services: ServicesDep,
+    tenant: TenantDep,
+) -> AdapterOut:
+    """Register an adapter trained elsewhere, for the tenant, and load it into the embedded
+    small-model server. Its manifest must match its content-addressed id and the small
+    tier's base model; importing the same adapter again replaces it."""
+    settings = services.resources.settings
+    for upload in (gguf, manifest):
+        if upload.size is not None and upload.size > settings.max_file_bytes:
+            raise PayloadTooLargeError(f"{upload.filename} is over {settings.max_file_bytes} bytes", code="adapter_too_large")
+    try:
+        parsed = AdapterManifest.model_validate_json(await manifest.read())
+    except ValidationError as e:
+        problems = [f"{'.'.join(map(str, err['loc'])) or 'manifest'}: {err['msg']}" for err in e.errors()]
+        raise ValidationFailedError("adapter.json is not a valid manifest", code="adapter_bad_manifest", details=problems) from e
+    module_class(parsed.module)  # unknown module -> module_not_found
+    tier = settings.small
+    base_sha = await asyncio.to_thread(lambda: gguf_sha256(resolve_gguf(tier.gguf or "", settings.resolved_models_dir)))
+    adapter = await import_adapter(
+        services.resources.db, settings.data_dir, tenant=tenant, manifest=parsed, gguf=await gguf.read(),
+        base_model=tier.model, base_sha256=base_sha,
+    )
+    await services.finetune.reload_adapters()
+    return _adapter_out(adapter)
 
 
 @router.get("/{adapter_id}", response_model=AdapterOut, responses={404: {"description": "`adapter_not_found`"}})

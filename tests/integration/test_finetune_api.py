@@ -19,8 +19,10 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select, update
 
 from core import db
+from core.models import gguf_sha256, resolve_gguf
 from finetune.jobs import QUEUE_NAME, finetune_dir
-from finetune.registry import Adapter, save_adapter
+from finetune.registry import Adapter, adapter_id, save_adapter
+from finetune.train import LoraSettings
 from tests.conftest import make_settings
 
 pytestmark = pytest.mark.integration
@@ -245,6 +247,65 @@ def test_an_adapter_is_deleted_only_when_no_module_uses_it_and_rollback_to_it_is
     refused = error(client.post("/v1/modules/manuals/rollback", json={"revision": named_revision}), 422)
     assert refused["code"] == "adapter_not_found"
     assert client.get("/v1/modules/manuals/config").json()["config"]["adapter"] is None
+
+
+def test_an_adapter_trained_elsewhere_is_imported_only_when_its_manifest_checks_out(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    settings = client.app.state.services.resources.settings
+    base_sha = gguf_sha256(resolve_gguf(settings.small.gguf or "", settings.resolved_models_dir))
+    hyper = LoraSettings(rank=8).model_dump()
+    manifest = {
+        "adapter_id": adapter_id("legal", base_sha, "d" * 64, hyper), "module": "legal", "base_gguf_sha256": base_sha,
+        "data_hash": "d" * 64, "hyperparameters": hyper, "metrics": METRICS, "examples": {"train": 30, "eval": 10},
+        "training": TRAINING,
+    }
+    gguf = b"GGUF\x03\x00\x00\x00" + bytes(64)
+
+    def upload(m: dict, content: bytes = gguf):
+        files = {"manifest": ("adapter.json", json.dumps(m)), "gguf": ("adapter.gguf", content)}
+        return client.post("/v1/adapters/import", files=files)
+
+    bad = error(upload({"module": "legal"}), 422)
+    assert bad["code"] == "adapter_bad_manifest" and "adapter_id: Field required" in bad["details"]
+    tampered = error(upload(dict(manifest, data_hash="e" * 64)), 422)
+    assert tampered["code"] == "adapter_manifest_mismatch"
+    other_base = dict(manifest, base_gguf_sha256="f" * 64, adapter_id=adapter_id("legal", "f" * 64, "d" * 64, hyper))
+    assert error(upload(other_base), 422)["code"] == "adapter_base_mismatch"
+    assert error(upload(manifest, b"PK\x03\x04"), 422)["code"] == "adapter_bad_file"
+    unknown = dict(manifest, module="astrology", adapter_id=adapter_id("astrology", base_sha, "d" * 64, hyper))
+    assert error(upload(unknown), 404)["code"] == "module_not_found"
+    assert error(client.get(f"/v1/adapters/{manifest['adapter_id']}"), 404)["code"] == "adapter_not_found"
+
+    imported = upload(manifest)
+    assert imported.status_code == 201, imported.text
+    adapter = imported.json()
+    assert adapter["id"] == manifest["adapter_id"] and adapter["module"] == "legal"
+    assert adapter["meta"]["imported"] and adapter["meta"]["metrics"] == METRICS
+    assert adapter["meta"]["hyperparameters"]["rank"] == 8
+    folder = settings.data_dir / "adapters" / adapter["id"]
+    assert (folder / f"{adapter['id']}.gguf").read_bytes() == gguf
+    assert json.loads((folder / "adapter.json").read_text())["data_hash"] == "d" * 64
+    assert upload(manifest).status_code == 201  # the same adapter again: replaced, still one
+    assert [a["id"] for a in client.get("/v1/adapters").json()].count(adapter["id"]) == 1
+    assert client.patch("/v1/modules/legal/config", json={"config": {"adapter": adapter["id"]}}).status_code == 200
+    assert client.patch("/v1/modules/legal/config", json={"config": {"adapter": None}}).status_code == 200
+
+    from contextlib import nullcontext
+
+    from typer.testing import CliRunner
+
+    from cli import main as cli
+
+    monkeypatch.setattr(cli, "_client", lambda url: nullcontext(client))
+    run_folder = tmp_path / manifest["adapter_id"]
+    run_folder.mkdir()
+    (run_folder / "adapter.json").write_text(json.dumps(manifest))
+    missing = CliRunner().invoke(cli.app, ["adapters", "import", str(run_folder)])
+    assert missing.exit_code == 1 and f"{manifest['adapter_id']}.gguf does not exist" in missing.output
+    (run_folder / f"{manifest['adapter_id']}.gguf").write_bytes(gguf)
+    done = CliRunner().invoke(cli.app, ["adapters", "import", str(run_folder)])
+    assert done.exit_code == 0 and f"use it: sieve modules set legal adapter={manifest['adapter_id']}" in done.output
 
 
 def test_the_cli_fine_tunes_follows_the_job_and_lists_adapters(

@@ -69,6 +69,13 @@ def test_finetune_evaluate_register_and_answer_with_the_adapter(client: TestClie
     listed = client.get("/v1/adapters", params={"module": "biomedical"}).json()
     assert [a["id"] for a in listed] == [adapter_id]
     assert listed[0]["meta"]["data_hash"] == result["data_hash"]
+    # The folder describes itself: imported again (as on another machine), it is the same adapter.
+    folder = client.app.state.services.resources.settings.data_dir / "adapters" / adapter_id
+    manifest = (folder / "adapter.json").read_bytes()
+    assert json.loads(manifest)["metrics"] == result["metrics"]
+    files = {"manifest": ("adapter.json", manifest), "gguf": (f"{adapter_id}.gguf", (folder / f"{adapter_id}.gguf").read_bytes())}
+    reimported = client.post("/v1/adapters/import", files=files)
+    assert reimported.status_code == 201 and reimported.json()["id"] == adapter_id, reimported.text
 
     # The same data, base model and settings give the same adapter: nothing is trained again.
     again = wait_for_job(client, client.post("/v1/finetune", json=request).json()["job_id"])

@@ -51,6 +51,7 @@ def pick(pairs, n_train: int, n_eval: int, seed: int):
 
 
 def build(set_name: str, pairs, max_chunks: int | None, context_tokens: int | None, threads: int = 2):
+    from core.settings import Settings
     from finetune.data import build_examples
     from modules import module_class
     from retrieval.curate import curate
@@ -67,7 +68,7 @@ def build(set_name: str, pairs, max_chunks: int | None, context_tokens: int | No
         module = module_class(key)(module_class(key).config_model(**overrides))
         search = index.search_context()
         started = time.perf_counter()
-        examples = build_examples(pairs, lambda p: curate(module, p.question, search).kept)
+        examples = build_examples(pairs, lambda p: curate(module, p.question, search).kept, Settings().small.system_prompt)
         return examples, {"ingestion": ingestion, "curate_seconds": round(time.perf_counter() - started, 1),
                           "module": key, "module_overrides": overrides}
     finally:

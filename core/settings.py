@@ -39,6 +39,11 @@ class ModelTier(BaseModel):
     stop: list[str] = Field(
         default_factory=list, description="Stop sequences sent with every request (a base model needs them)."
     )
+    system_prompt: str | None = Field(
+        None,
+        description="The instructions this tier answers with, before the numbered sources. None: Sieve's "
+        "(retrieval/prompting.py). The small tier's is what its fine-tuned adapters learned: change it, retrain them.",
+    )
     adapters_via: Literal["lora", "model"] | None = Field(
         None,
         description="How a request selects a fine-tuned LoRA adapter: 'lora' (llama-server's per-request "

@@ -204,15 +204,16 @@ def target_answer(pair: Pair, context: Sequence[Candidate]) -> str:
 ContextFor = Callable[[Pair], list[Candidate]]
 
 
-def build_examples(pairs: Iterable[Pair], context_for: ContextFor) -> list[Example]:
-    """Each pair with the module's curated context (`context_for`: the query-time stages)."""
+def build_examples(pairs: Iterable[Pair], context_for: ContextFor, system_prompt: str | None = None) -> list[Example]:
+    """Each pair with the module's curated context (`context_for`: the query-time stages),
+    in the chat the small tier is sent (`system_prompt`: its setting)."""
     examples = []
     for pair in pairs:
         context = context_for(pair)
         examples.append(
             Example(
                 id=pair.id,
-                messages=build_messages(pair.question, context),
+                messages=build_messages(pair.question, context, system_prompt),
                 completion=target_answer(pair, context),
                 answerable=pair.answerable,
                 answers=pair.answers,

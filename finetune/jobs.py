@@ -230,10 +230,13 @@ async def _curate(services: Any, tenant: str, collection: str, module_key: str, 
     record = await catalog.get_collection(services.resources.db, tenant=tenant, name=collection)
     module, _revision = await search_service.module_for(tenant, module_key)
     search = search_service.search_context(record.vector_name, tenant)
+    system_prompt = services.resources.settings.small.system_prompt
     done = 0
     examples = []
     for pair in pairs:
-        examples += await asyncio.to_thread(build_examples, [pair], lambda p: curate(module, p.question, search).kept)
+        examples += await asyncio.to_thread(
+            build_examples, [pair], lambda p: curate(module, p.question, search).kept, system_prompt
+        )
         done += 1
         if done % 10 == 0 or done == len(pairs):
             await report(curated=done)

@@ -249,7 +249,8 @@ class Cascade:
         try:
             with trace.timed(stage):
                 result = await tier.client.chat(
-                    build_messages(question, list(context)), max_tokens=max_tokens, stop=tier.tier.stop or None,
+                    build_messages(question, list(context), tier.tier.system_prompt), max_tokens=max_tokens,
+                    stop=tier.tier.stop or None,
                     adapter=adapter,
                 )
         except ModelError as e:

@@ -24,10 +24,12 @@ def source_label(c: Candidate) -> str:
     return f"{c.filename}{where}"
 
 
-def build_messages(question: str, context: list[Candidate]) -> list[dict[str, str]]:
+def build_messages(question: str, context: list[Candidate], system_prompt: str | None = None) -> list[dict[str, str]]:
+    """The chat a tier is sent: its instructions (`SYSTEM_PROMPT` unless the tier sets its
+    own), then the numbered sources and the question."""
     sources = "\n\n".join(f"[{i}] ({source_label(c)})\n{c.model_text}" for i, c in enumerate(context, 1))
     return [
-        {"role": "system", "content": SYSTEM_PROMPT},
+        {"role": "system", "content": system_prompt or SYSTEM_PROMPT},
         {"role": "user", "content": f"Sources:\n\n{sources}\n\nQuestion: {question}"},
     ]
 

@@ -12,7 +12,7 @@ from core.settings import ModelTier
 from modules.base import Candidate, ModuleConfig
 from retrieval.cascade import Cascade, escalation_threshold, tier_cost
 from retrieval.confidence import Calibrator, StoredCalibration
-from retrieval.prompting import NO_ANSWER
+from retrieval.prompting import NO_ANSWER, SYSTEM_PROMPT
 from retrieval.traces import Trace
 
 pytestmark = pytest.mark.unit
@@ -38,10 +38,12 @@ class ScriptedClient:
         self.loaded = loaded if loaded is not None else set()
         self.calls: list[int] = []
         self.adapters: list[str | None] = []
+        self.system_prompts: list[str] = []
 
     async def chat(self, messages, *, max_tokens: int, stop=None, adapter: AdapterRef | None = None) -> ChatResult:
         self.calls.append(max_tokens)
         self.adapters.append(adapter.name if adapter else None)
+        self.system_prompts.append(messages[0]["content"])
         if self.error:
             raise self.error
         if adapter is not None and adapter.name not in self.loaded:
@@ -51,10 +53,12 @@ class ScriptedClient:
                           latency_ms=3.0, model=f"{self.text[:3]}-model", finish_reason="stop")
 
 
-def tier(name: str, client: ScriptedClient, price_in: float = 0.0, price_out: float = 0.0) -> ModelTierClient:
-    return ModelTierClient(name=name, tier=ModelTier(url="http://x/v1", model=f"{name}-model",
-                                                     price_in_per_1k=price_in, price_out_per_1k=price_out),
-                           client=client)  # type: ignore[arg-type]
+def tier(
+    name: str, client: ScriptedClient, price_in: float = 0.0, price_out: float = 0.0, system_prompt: str | None = None
+) -> ModelTierClient:
+    settings = ModelTier(url="http://x/v1", model=f"{name}-model", price_in_per_1k=price_in,
+                         price_out_per_1k=price_out, system_prompt=system_prompt)
+    return ModelTierClient(name=name, tier=settings, client=client)  # type: ignore[arg-type]
 
 
 def new_trace() -> Trace:
@@ -96,6 +100,12 @@ async def test_low_confidence_escalates_to_the_large_model() -> None:
     assert "generate_large" in trace.data["latency_ms"]
     assert trace.data["cost"]["large"] == pytest.approx(1.0 + 11 / 1000 * 2.0)
     assert trace.data["confidence"]["small_confidence"] < trace.data["confidence"]["threshold"]
+
+
+async def test_each_tier_is_sent_its_own_instructions() -> None:
+    small, large = ScriptedClient(UNSURE, logprob=-2.5), ScriptedClient(GOOD)
+    await answer(tier("small", small), tier("large", large, system_prompt="Answer Yes or No first."))
+    assert small.system_prompts == [SYSTEM_PROMPT] and large.system_prompts == ["Answer Yes or No first."]
 
 
 async def test_the_small_models_no_answer_reply_abstains() -> None:

@@ -22,7 +22,7 @@ from finetune.data import (
 )
 from finetune.registry import adapter_id
 from modules.base import Candidate
-from retrieval.prompting import NO_ANSWER
+from retrieval.prompting import NO_ANSWER, SYSTEM_PROMPT
 
 pytestmark = pytest.mark.unit
 
@@ -106,6 +106,8 @@ def test_examples_carry_the_served_messages_and_a_stable_content_address() -> No
     assert examples[0].messages[-1]["content"].endswith("Question: Question 0?")
     assert "[1] (a.txt)\nThe answer is forty-two." in examples[0].messages[-1]["content"]
     assert examples[0].completion == "forty-two [1]"
+    assert examples[0].messages[0]["content"] == SYSTEM_PROMPT
+    assert build_examples(pairs, lambda p: context, "Be brief.")[0].messages[0]["content"] == "Be brief."
     assert examples_hash(examples) == examples_hash(build_examples(pairs, lambda p: context))
     changed = build_examples(pairs, lambda p: [candidate("a", "The answer is forty-three.")])
     assert examples_hash(changed) != examples_hash(examples)

@@ -64,6 +64,7 @@ class EvalIndex:
         from core.kvstore import SqlKVStore
         from core.vectorstore.edge import EdgeVectorStore
         from modules import module_class
+        from modules.fetch import FacetCache
 
         self.set_name = set_name
         self.dir = data_dir / set_name
@@ -74,6 +75,7 @@ class EvalIndex:
         self.module = module_class(domain_module_key(set_name))()
         self.vector_name = f"eval_{set_name}"
         self.manifest_path = self.dir / "manifest.json"
+        self.facets = FacetCache()  # shared by the questions, as the service shares it
 
     def ingestor(self):
         from ingest.pipeline import DocumentIngestor, IngestConfig
@@ -113,7 +115,8 @@ class EvalIndex:
         from modules.fetch import CollectionSearch
 
         return CollectionSearch(
-            store=self.store, embedder=self.embedder, sparse=Bm25Encoder(), vector_name=self.vector_name, tenant=TENANT
+            store=self.store, embedder=self.embedder, sparse=Bm25Encoder(), vector_name=self.vector_name, tenant=TENANT,
+            facets=self.facets,
         )
 
     def close(self) -> None:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import threading
+import time
+from collections.abc import Callable
+
 import numpy as np
 
 from core.embeddings import Embedder
@@ -10,21 +14,57 @@ from core.vectorstore.sparse import Bm25Encoder
 from modules.base import Candidate, FetchContext
 
 
+class FacetCache:
+    """Facet counts (`known_values`) shared by the requests of a process.
+
+    A module resolves a question's entities against every value stored for a key (the
+    parties of thousands of contracts): one facet over the collection, the largest cost of
+    a fetch, and the same for every question until the collection changes. An entry holds
+    while the store reports the same version of the collection; where the store cannot
+    tell (a Qdrant server that workers write to), for `ttl_s` seconds."""
+
+    def __init__(self, ttl_s: float = 30.0, max_entries: int = 256):
+        self.ttl_s = ttl_s
+        self.max_entries = max_entries
+        self._entries: dict[tuple, tuple[int | None, float, dict[str, int]]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, store: VectorStore, name: str, key: tuple, compute: Callable[[], dict[str, int]]) -> dict[str, int]:
+        version = store.version(name)
+        with self._lock:
+            entry = self._entries.get((name, *key))
+        if entry is not None:
+            cached_version, at, values = entry
+            if version is not None and cached_version == version:
+                return values
+            if version is None and time.monotonic() - at < self.ttl_s:
+                return values
+        values = compute()
+        with self._lock:
+            if len(self._entries) >= self.max_entries:
+                self._entries.pop(next(iter(self._entries)))
+            self._entries[(name, *key)] = (version, time.monotonic(), values)
+        return values
+
+
 class CollectionSearch(FetchContext):
     """Hybrid search over the live chunks of one tenant's collection.
 
     Every search is restricted to the tenant and to live chunks (staged versions of
     documents being re-ingested are invisible). Question embeddings are memoised for the
-    life of the instance: build one per request."""
+    life of the instance: build one per request; `facets` outlives it."""
 
-    def __init__(self, *, store: VectorStore, embedder: Embedder, sparse: Bm25Encoder, vector_name: str, tenant: str):
+    def __init__(
+        self, *, store: VectorStore, embedder: Embedder, sparse: Bm25Encoder, vector_name: str, tenant: str,
+        facets: FacetCache | None = None,
+    ):
         self.store = store
         self.embedder = embedder
         self.sparse = sparse
         self.vector_name = vector_name
         self.tenant = tenant
+        self.facets = facets or FacetCache()
         self._dense: dict[str, list[float]] = {}
-        self._values: dict[str, dict[str, int]] = {}
 
     def embed(self, text: str) -> list[float]:
         if text not in self._dense:
@@ -32,10 +72,12 @@ class CollectionSearch(FetchContext):
         return self._dense[text]
 
     def known_values(self, key: str, limit: int = 1000) -> dict[str, int]:
-        if key not in self._values:
-            exists = self.store.collection_exists(self.vector_name)
-            self._values[key] = self.store.facet(self.vector_name, key, filter=self.scope(), limit=limit) if exists else {}
-        return self._values[key]
+        if not self.store.collection_exists(self.vector_name):
+            return {}
+        return self.facets.get(
+            self.store, self.vector_name, (self.tenant, key, limit),
+            lambda: self.store.facet(self.vector_name, key, filter=self.scope(), limit=limit),
+        )
 
     def scope(self, extra: Filter | None = None) -> Filter:
         base = Filter(must=[Match(key="tenant", value=self.tenant), Match(key="live", value=True)])

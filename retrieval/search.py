@@ -21,7 +21,7 @@ from core.vectorstore.sparse import Bm25Encoder
 from modules import module_class
 from modules.base import Candidate, DomainModule, ModuleConfig
 from modules.configs import Change, ConfigStore, Revision, config_hash, diff, merge
-from modules.fetch import CollectionSearch
+from modules.fetch import CollectionSearch, FacetCache
 from modules.registry import AUTO_DOMAIN
 from retrieval.curate import Curated, curate, for_search
 from retrieval.routing import ModuleRouter
@@ -99,6 +99,7 @@ class SearchService:
         self.resources = resources
         self.configs = configs or ConfigStore(resources.db)
         self.sparse = Bm25Encoder()
+        self.facets = FacetCache()
         self._modules: OrderedDict[tuple[str, str], DomainModule] = OrderedDict()
         self._router: ModuleRouter | None = None
         self._router_lock = asyncio.Lock()
@@ -163,7 +164,8 @@ class SearchService:
     def search_context(self, vector_name: str, tenant: str) -> CollectionSearch:
         r = self.resources
         return CollectionSearch(
-            store=r.store, embedder=r.embedder, sparse=self.sparse, vector_name=vector_name, tenant=tenant
+            store=r.store, embedder=r.embedder, sparse=self.sparse, vector_name=vector_name, tenant=tenant,
+            facets=self.facets,
         )
 
     def curate(self, module: DomainModule, question: str, search: CollectionSearch, trace: Trace) -> Curated:

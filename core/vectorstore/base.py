@@ -236,6 +236,12 @@ class VectorStore(ABC):
         """Distinct values of a keyword-indexed payload `key` among points matching `filter`,
         with exact counts; the `limit` most frequent, ties by value."""
 
+    def version(self, name: str) -> int | None:
+        """A number that changes whenever the collection's points or payloads change, for
+        caches of what is derived from them; None where the backend cannot tell (a server
+        that other processes write to)."""
+        return None
+
     @abstractmethod
     def close(self) -> None:
         """Flush and release the storage (the embedded engine allows one owner per folder)."""

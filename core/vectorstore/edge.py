@@ -26,6 +26,7 @@ What the design rests on, measured on qdrant-edge-py 0.9.0:
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -179,6 +180,7 @@ class _Collection:
     lock: threading.Lock = field(default_factory=threading.Lock)
     last_flush: float = field(default_factory=time.monotonic)
     closed: bool = False
+    version: int = 0  # from the store's counter: changes with every write, never repeats
 
     @property
     def wal_dir(self) -> Path:
@@ -198,6 +200,7 @@ class EdgeVectorStore(VectorStore):
         self._collections: dict[str, _Collection] = {}
         self._lock = threading.Lock()  # guards `_collections`: opening, creating, dropping
         self._closed = False
+        self._versions = itertools.count(1)
 
     # ---- collections ----
 
@@ -248,6 +251,12 @@ class EdgeVectorStore(VectorStore):
                 doomed = self._root / f"{_DROPPED_PREFIX}{name}-{uuid.uuid4().hex}"
                 os.replace(path, doomed)
                 shutil.rmtree(doomed)
+
+    def version(self, name: str) -> int | None:
+        """Every write goes through this store (one owner per folder), so it knows."""
+        if not self.collection_exists(name):
+            return None
+        return self._get(name).version
 
     def list_collections(self) -> list[str]:
         return sorted(
@@ -448,7 +457,7 @@ class EdgeVectorStore(VectorStore):
             raise NotFoundError(f"collection {name!r} does not exist")
         spec = _read_spec(path / SPEC_FILE)
         shard = self._engine(lambda: qe.EdgeShard.load(str(path / SHARD_DIR)))
-        return _Collection(name=name, path=path, shard=shard, spec=spec)
+        return _Collection(name=name, path=path, shard=shard, spec=spec, version=next(self._versions))
 
     def _open_or_create(self, name: str, spec: CollectionSpec) -> _Collection:
         if not _NAME_PATTERN.fullmatch(name):
@@ -472,7 +481,7 @@ class EdgeVectorStore(VectorStore):
         stored = CollectionSpec(dims=spec.dims, sparse=spec.sparse, indexes={}, tenant_key=spec.tenant_key)
         _write_spec(path / SPEC_FILE, stored)
         _fsync(self._root)
-        return _Collection(name=name, path=path, shard=shard, spec=stored)
+        return _Collection(name=name, path=path, shard=shard, spec=stored, version=next(self._versions))
 
     @contextmanager
     def _writing(self, collection: _Collection) -> Iterator[None]:
@@ -484,6 +493,7 @@ class EdgeVectorStore(VectorStore):
 
     def _commit(self, collection: _Collection) -> None:
         """Make the writes so far durable. Call with `collection.lock` held."""
+        collection.version = next(self._versions)
         if time.monotonic() - collection.last_flush >= self._flush_interval_s or not collection.wal_dir.is_dir():
             self._call(collection, collection.shard.flush)
             collection.last_flush = time.monotonic()

@@ -201,9 +201,14 @@ class FoundDate:
     end: int
 
 
+_ANY_YEAR = re.compile(r"(?:19|20)\d\d")
+
+
 def find_dates(text: str) -> list[FoundDate]:
     """Calendar dates written out ("June 21, 1999", "23rd day of September, 2016", "6/21/1999")."""
     found: list[FoundDate] = []
+    if not _ANY_YEAR.search(text):  # every form has a year: one cheap scan spares three
+        return found
     for pattern in (_DATE_MDY, _DATE_DMY, _DATE_NUM):
         for m in pattern.finditer(text):
             month = m["month"]

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -104,6 +104,16 @@ class Settings(BaseSettings):
     )
     large: ModelTier = ModelTier(model="qwen2.5-coder-1.5b-instruct", gguf="qwen2.5-coder-1.5b-instruct")
     serve_large: bool = Field(True, description="Start the embedded large tier (off: small tier only).")
+
+    @field_validator("small", "large", mode="before")
+    @classmethod
+    def _over_the_default_tier(cls, value: Any, info: ValidationInfo) -> Any:
+        """A tier's variables change the default tier one setting at a time
+        (`SIEVE_LARGE__THREADS=2` keeps the default model), instead of replacing it."""
+        if isinstance(value, dict):
+            default: ModelTier = cls.model_fields[info.field_name].default
+            return {**default.model_dump(), **value}
+        return value
 
     @property
     def resolved_models_dir(self) -> Path:

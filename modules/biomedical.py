@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 
 from pydantic import Field
 
-from core.vectorstore import IndexType
+from core.vectorstore import Filter, IndexType, Match
 from modules.base import (
     Candidate,
     DomainModule,
@@ -57,6 +57,12 @@ class BiomedicalConfig(ModuleConfig):
         True,
         description="Order the kept chunks by abstract (in the order of each abstract's best chunk) and, within "
         "one abstract, in reading order.",
+    )
+    lift_findings: bool = Field(
+        True,
+        description="When the best-matching chunk is not the findings of its abstract (a RESULTS or CONCLUSIONS "
+        "section), that abstract's findings move up to follow it: a question's wording matches an abstract's "
+        "background, its answer is in the results.",
     )
 
 
@@ -388,16 +394,19 @@ class BiomedicalModule(DomainModule[BiomedicalConfig]):
     def fetch(self, query: Query, ctx: FetchContext) -> list[Candidate]:
         candidates = super().fetch(query, ctx)
         boost = self.config.design_boost
-        if not (query.doc_types and boost):
-            return candidates
-        wanted = set(query.doc_types)
-        matches = {c.id for c in candidates if _meta(c).get("design") in wanted}
-        ranked = sorted(candidates, key=lambda c: (c.rank - boost if c.id in matches else c.rank, c.id not in matches))
-        for rank, c in enumerate(ranked):
-            if c.id in matches:
-                c.notes.append(f"design '{_meta(c)['design']}' matches the question")
-            c.rank = rank
-        return ranked
+        if query.doc_types and boost:
+            wanted = set(query.doc_types)
+            matches = {c.id for c in candidates if _meta(c).get("design") in wanted}
+            candidates = sorted(
+                candidates, key=lambda c: (c.rank - boost if c.id in matches else c.rank, c.id not in matches)
+            )
+            for rank, c in enumerate(candidates):
+                if c.id in matches:
+                    c.notes.append(f"design '{_meta(c)['design']}' matches the question")
+                c.rank = rank
+        if self.config.lift_findings:
+            candidates = lift_findings(query, candidates, ctx)
+        return candidates
 
     def normalize(self, query: Query, candidates: list[Candidate]) -> list[Candidate]:
         cfg = self.config
@@ -418,6 +427,30 @@ class BiomedicalModule(DomainModule[BiomedicalConfig]):
         if self.config.group_abstracts:
             group_by_document(candidates)
         return candidates
+
+
+_FINDINGS = re.compile(r"\b(?:RESULTS?|FINDINGS|CONCLUSIONS?|INTERPRETATION)\s*:")
+
+
+def lift_findings(query: Query, candidates: list[Candidate], ctx: FetchContext) -> list[Candidate]:
+    """The best chunk's abstract's findings second, when the best chunk is not them: from the
+    candidates, else from one search within that abstract."""
+    ranked = sorted(candidates, key=lambda c: c.rank)
+    if not ranked or _FINDINGS.search(ranked[0].text):
+        return ranked
+    top = ranked[0]
+    findings = [c for c in ranked[1:] if c.doc_id == top.doc_id and _FINDINGS.search(c.text)]
+    if not findings:
+        within = Filter(must=[Match(key="doc_id", value=top.doc_id)])
+        findings = [c for c in ctx.search(query.text, limit=8, filter=within) if c.id != top.id and _FINDINGS.search(c.text)]
+    if not findings or findings[0] is ranked[1]:
+        return ranked
+    lifted = findings[0]
+    lifted.notes.append("the findings of the best-matching abstract, moved up to follow it")
+    ordered = [top, lifted, *(c for c in ranked[1:] if c.id != lifted.id)]
+    for rank, c in enumerate(ordered):
+        c.rank = rank
+    return ordered
 
 
 def group_by_document(candidates: list[Candidate]) -> None:

@@ -184,6 +184,46 @@ def test_fetch_moves_abstracts_of_the_named_design_up() -> None:
     assert [c.id for c in plain] == ["c0", "c1"]
 
 
+class WithinDocumentSearch(RecordingSearch):
+    """Honours a `doc_id` filter and ranks by position, as the collection's search does."""
+
+    def search(self, text, *, limit, mode="hybrid", fusion="rrf", filter=None, sparse_text=None):
+        hits = super().search(text, limit=len(self.candidates), mode=mode, fusion=fusion, filter=filter)
+        docs = {m.value for m in filter.must} if filter else None
+        hits = [c for c in hits if docs is None or c.doc_id in docs][:limit]
+        for rank, c in enumerate(hits):
+            c.rank = rank
+        return hits
+
+
+def test_fetch_puts_the_best_abstracts_findings_after_its_best_chunk() -> None:
+    module = BiomedicalModule(BiomedicalModule.config_model(top_k=3))
+    background = make_candidate(0, "BACKGROUND: does a leaflet help recall?", doc_id="A", chunk_index=0)
+    other = make_candidate(1, "RESULTS: other study", doc_id="B", chunk_index=1)
+    methods = make_candidate(2, "METHODS: leaflet given", doc_id="A", chunk_index=1)
+    results = make_candidate(3, "RESULTS: recall improved (p < 0.01)", doc_id="A", chunk_index=2)
+    query = module.analyze("Does a written information sheet improve recall?")
+
+    # Beyond the fetched candidates: one search within the abstract finds them.
+    search = WithinDocumentSearch([background, other, methods, results])
+    ranked = module.fetch(query, search)
+    assert [c.id for c in ranked] == ["c0", "c3", "c1", "c2"] and [c.rank for c in ranked] == [0, 1, 2, 3]
+    assert search.calls[-1]["filter"].must[0].value == "A"
+    assert any("findings of the best-matching abstract" in note for note in ranked[1].notes)
+    # Among them: moved up without a search; kept with the best chunk when the chunk cap applies.
+    search = WithinDocumentSearch([background, other, results, methods])
+    module = BiomedicalModule(BiomedicalModule.config_model(top_k=3, max_chunks=2))
+    ranked = module.fetch(query, search)
+    assert [c.id for c in ranked] == ["c0", "c3", "c1"] and len(search.calls) == 1
+    kept = [c for c in module.filter(query, module.normalize(query, ranked)) if c.kept]
+    assert {c.id for c in kept} == {"c0", "c3"}
+    # The best chunk is the findings, or the option is off: the ranking stands.
+    for first, config in ((results, {}), (background, {"lift_findings": False})):
+        search = WithinDocumentSearch([first, other, methods])
+        plain = BiomedicalModule(BiomedicalModule.config_model(**config)).fetch(query, search)
+        assert [c.id for c in plain] == [first.id, "c1", "c2"]
+
+
 def test_filter_keeps_the_sections_of_one_abstract_together_in_reading_order() -> None:
     module = BiomedicalModule()
     chunks = [

@@ -164,6 +164,7 @@ class QuestionResult:
     trace_id: str | None = None
     error: str | None = None
     features: dict[str, float] = field(default_factory=dict)
+    large_called: bool = False  # the large tier was asked, whatever it answered
 
 
 async def ask_one(
@@ -192,6 +193,7 @@ async def ask_one(
         degraded=result.degraded, score=score.value, correct=score.correct, latency_ms=latency,
         cost=(trace.get("cost") or {}).get("total", 0.0), module=result.route.module if result.route else None,
         trace_id=result.trace_id, features=(trace.get("confidence") or {}).get("features", {}),
+        large_called=any(call.get("tier") == "large" for call in trace.get("models") or []),
     )
 
 
@@ -209,8 +211,9 @@ def _share(part: int, whole: int) -> float | None:
 
 
 def summarize(results: Iterable[QuestionResult]) -> dict[str, Any]:
-    """Per mode: accuracy, escalation rate (of answerable questions), abstention recall and
-    precision (on unanswerable ones), false abstention rate, latency p50/p95/mean, cost."""
+    """Per mode: accuracy, escalation rate (the share of answerable questions the large tier
+    was asked, whether it answered or abstained), abstention recall and precision (on
+    unanswerable ones), false abstention rate, latency p50/p95/mean, cost."""
     by_mode: dict[str, list[QuestionResult]] = defaultdict(list)
     for r in results:
         by_mode[r.mode].append(r)
@@ -227,7 +230,7 @@ def summarize(results: Iterable[QuestionResult]) -> dict[str, Any]:
             "n_questions": len(rows),
             "accuracy": sum(r.score for r in rows) / len(rows),
             "accuracy_answerable": _share(sum(r.score for r in answerable), len(answerable)),
-            "escalation_rate": _share(sum(r.decision == "escalated" for r in answerable), len(answerable)),
+            "escalation_rate": _share(sum(r.large_called for r in answerable), len(answerable)),
             "degraded_rate": _share(sum(r.degraded for r in rows), len(rows)),
             "abstention_recall": _share(sum(r.decision == "abstained" for r in unanswerable), len(unanswerable)),
             "abstention_precision": _share(sum(not r.answerable for r in abstained), len(abstained)),

@@ -25,11 +25,11 @@ pytestmark = pytest.mark.unit
 
 
 def result(mode: str, decision: str, score: float, *, answerable: bool = True, latency: float = 100.0,
-           confidence: float = 0.5, cost: float = 0.0) -> QuestionResult:
+           confidence: float = 0.5, cost: float = 0.0, large: bool | None = None) -> QuestionResult:
     return QuestionResult(
         id="q", mode=mode, domain="finance", answerable=answerable, question="?", gold=[], answer="a",
         decision=decision, confidence=confidence, model="m", degraded=False, score=score, correct=score >= 0.5,
-        latency_ms=latency, cost=cost,
+        latency_ms=latency, cost=cost, large_called=decision == "escalated" if large is None else large,
     )
 
 
@@ -59,7 +59,7 @@ def test_summary_counts_escalations_abstentions_and_latency() -> None:
     rows = [
         result("cascade", "answered", 1.0, latency=100),
         result("cascade", "escalated", 1.0, latency=300),
-        result("cascade", "abstained", 0.0, latency=10),                    # wrongly abstained
+        result("cascade", "abstained", 0.0, latency=10, large=True),        # escalated, the large model abstained
         result("cascade", "abstained", 1.0, answerable=False, latency=10),  # rightly abstained
         result("cascade", "answered", 0.0, answerable=False, latency=100, cost=0.5),
         result("large_only", "escalated", 1.0, latency=1000, cost=2.0),
@@ -67,7 +67,7 @@ def test_summary_counts_escalations_abstentions_and_latency() -> None:
     s = summarize(rows)
     c = s["cascade"]
     assert c["n_questions"] == 5 and c["accuracy"] == pytest.approx(3 / 5)
-    assert c["escalation_rate"] == pytest.approx(1 / 3)
+    assert c["escalation_rate"] == pytest.approx(2 / 3)  # the large tier was asked, answer or not
     assert c["abstention_recall"] == pytest.approx(1 / 2) and c["abstention_precision"] == pytest.approx(1 / 2)
     assert c["false_abstention_rate"] == pytest.approx(1 / 3)
     assert c["latency_p50_ms"] == 100 and c["latency_p95_ms"] == pytest.approx(260)

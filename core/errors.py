@@ -9,6 +9,12 @@ Low confidence, escalation and abstention are fields of an answer, never errors.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
+
 
 class ServiceError(Exception):
     """Base of all errors a client may see."""
@@ -143,3 +149,13 @@ class ArchiveBombError(ArchiveTooLargeError):
     """A member that decompresses far beyond its compressed size (a zip bomb)."""
 
     code = "archive_compression_ratio"
+
+
+def problem_path(loc: Sequence[int | str], *, prefix: str | None = None, root: str = "body") -> str:
+    """A pydantic error location as a dotted path (`settings.rank`), `root` when empty."""
+    return ".".join(([prefix] if prefix else []) + [str(part) for part in loc]) or root
+
+
+def validation_details(error: ValidationError, *, prefix: str | None = None, root: str = "body") -> list[str]:
+    """Pydantic's errors as the `path: message` details of a `ValidationFailedError`."""
+    return [f"{problem_path(e['loc'], prefix=prefix, root=root)}: {e['msg']}" for e in error.errors()]

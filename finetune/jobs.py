@@ -107,6 +107,13 @@ async def create_finetune_job(
     return job_id
 
 
+def small_tier_base(settings: Settings) -> tuple[Path, str]:
+    """The small tier's GGUF, which adapters are trained on, and its sha256. Blocking (may
+    assemble and hash the file): call it from a thread."""
+    gguf = resolve_gguf(settings.small.gguf or "", settings.resolved_models_dir)
+    return gguf, gguf_sha256(gguf)
+
+
 def plan_run(
     settings: Settings, *, module: str, examples_file: Path, data_hash: str, lora: LoraSettings, adapters_root: Path
 ) -> FinetuneSpec:
@@ -114,8 +121,7 @@ def plan_run(
     sha256). The adapter id (and so its folder under `adapters_root`) is content-addressed.
     Blocking (may assemble and hash the GGUF): call it from a thread."""
     tier = settings.small
-    gguf = resolve_gguf(tier.gguf or "", settings.resolved_models_dir)
-    base_sha = gguf_sha256(gguf)
+    gguf, base_sha = small_tier_base(settings)
     ident = adapter_id(module, base_sha, data_hash, lora.model_dump())
     template = chat_template_path(tier.chat_template)
     spec = FinetuneSpec(

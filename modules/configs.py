@@ -23,7 +23,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from core import db
-from core.errors import ConflictError, NotFoundError, ValidationFailedError
+from core.errors import ConflictError, NotFoundError, ValidationFailedError, problem_path
 from modules.base import ModuleConfig
 from modules.registry import module_class
 
@@ -107,7 +107,7 @@ def _problems(error: ValidationError, known: list[str]) -> list[str]:
     """Pydantic's errors as `path: message` lines, unknown keys with a suggestion."""
     lines = []
     for e in error.errors():
-        path = ".".join(str(p) for p in e["loc"]) or "config"
+        path = problem_path(e["loc"], root="config")
         if e["type"] == "extra_forbidden":
             close = difflib.get_close_matches(str(e["loc"][-1]), known, n=1) if len(e["loc"]) == 1 else []
             lines.append(f"{path}: unknown setting" + (f" (did you mean {close[0]}?)" if close else ""))

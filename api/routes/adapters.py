@@ -17,8 +17,8 @@ from pydantic import ValidationError
 
 from api.deps import ServicesDep, TenantDep
 from api.schemas import AdapterOut
-from core.errors import ConflictError, PayloadTooLargeError, ValidationFailedError
-from core.models import gguf_sha256, resolve_gguf
+from core.errors import ConflictError, PayloadTooLargeError, ValidationFailedError, validation_details
+from finetune.jobs import small_tier_base
 from finetune.registry import Adapter, AdapterManifest, delete_adapter, get_adapter, import_adapter, list_adapters
 from modules import module_class, module_keys
 
@@ -71,14 +71,14 @@ async def import_adapter_files(
     try:
         parsed = AdapterManifest.model_validate_json(await manifest.read())
     except ValidationError as e:
-        problems = [f"{'.'.join(map(str, err['loc'])) or 'manifest'}: {err['msg']}" for err in e.errors()]
-        raise ValidationFailedError("adapter.json is not a valid manifest", code="adapter_bad_manifest", details=problems) from e
+        raise ValidationFailedError(
+            "adapter.json is not a valid manifest", code="adapter_bad_manifest", details=validation_details(e, root="manifest")
+        ) from e
     module_class(parsed.module)  # unknown module -> module_not_found
-    tier = settings.small
-    base_sha = await asyncio.to_thread(lambda: gguf_sha256(resolve_gguf(tier.gguf or "", settings.resolved_models_dir)))
+    _base_gguf, base_sha = await asyncio.to_thread(small_tier_base, settings)
     adapter = await import_adapter(
         services.resources.db, settings.data_dir, tenant=tenant, manifest=parsed, gguf=await gguf.read(),
-        base_model=tier.model, base_sha256=base_sha,
+        base_model=settings.small.model, base_sha256=base_sha,
     )
     await services.finetune.reload_adapters()
     return _adapter_out(adapter)

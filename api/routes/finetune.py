@@ -16,7 +16,7 @@ from pydantic import ValidationError
 
 from api.deps import ServicesDep, TenantDep
 from api.schemas import PAIRS_DESCRIPTION, FinetuneAccepted, FinetuneRequest
-from core.errors import PayloadTooLargeError, ValidationFailedError
+from core.errors import PayloadTooLargeError, ValidationFailedError, validation_details
 from finetune.jobs import create_finetune_job
 from finetune.train import LoraSettings
 from ingest.jobs import get_job
@@ -107,5 +107,4 @@ def _lora_settings(raw: str | None) -> LoraSettings:
     try:
         return LoraSettings.model_validate(values)
     except ValidationError as e:
-        problems = [f"settings.{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors()]
-        raise ValidationFailedError("the request is not valid", details=problems) from e
+        raise ValidationFailedError("the request is not valid", details=validation_details(e, prefix="settings")) from e

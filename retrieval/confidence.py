@@ -58,7 +58,16 @@ _STOPWORDS = frozenset(
 )
 _WORD = re.compile(r"[a-z][a-z0-9'-]*[a-z0-9]|[a-z]")
 _NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
-_TOKEN = re.compile(r"[A-Za-z0-9][\w&.'-]*")
+# A word with inner hyphens ("Lloyd-Davies"), never across a dash ("Trendelenburg--a").
+_TOKEN = re.compile(r"[A-Za-z0-9](?:[\w&.']|-(?=\w))*")
+_ROMAN = re.compile(r"x{0,3}(?:ix|iv|v?i{0,3})")
+# A demonym names its country by its stem ("Japanese" -> "Japan"), except these.
+_DEMONYM = re.compile(r"(\w{4,}?)(?:ese|ian|ean|an|ish)")
+_IRREGULAR_DEMONYMS = {
+    "french": "france", "dutch": "netherlands", "british": "britain", "swiss": "switzerland",
+    "welsh": "wales", "irish": "ireland", "scottish": "scotland", "danish": "denmark", "greek": "greece",
+    "turkish": "turkey", "polish": "poland", "finnish": "finland", "norwegian": "norway",
+}
 _CITATION = re.compile(r"\[\d{1,2}(?:\s*,\s*\d{1,2})*\]")
 
 
@@ -85,20 +94,41 @@ def numbers(text: str) -> set[str]:
 
 def entities(text: str) -> set[str]:
     """Names in a question, lowercased: capitalized words not starting a sentence, all-caps
-    words, and names like "3M". Stopwords and other words with digits are left out."""
+    words, and names like "3M". Stopwords, roman numerals and other words with digits are
+    left out; in a title-cased question ("Phone Interviews Versus Self-Survey") capitals
+    mark no names, so only all-caps words and names with digits count."""
+    tokens = [m for m in _TOKEN.finditer(text)]
+    title_case = _is_title_case([m.group(0) for m in tokens])
     found = set()
     sentence_start = True
-    for m in _TOKEN.finditer(text):
+    for m in tokens:
         raw = m.group(0).rstrip(".'").removesuffix("'s")
         word = raw.lower()
-        is_name = (raw[:1].isupper() and not sentence_start) or (raw.isupper() and len(raw) > 1)
+        capitalized = raw[:1].isupper() and not sentence_start and not title_case
+        is_name = capitalized or (raw.isupper() and len(raw) > 1)
         if any(ch.isdigit() for ch in raw):
             is_name = bool(re.fullmatch(r"\d+[A-Z]+", raw))
-        if is_name and word not in _STOPWORDS and len(word) > 1:
+        if is_name and word not in _STOPWORDS and len(word) > 1 and not _ROMAN.fullmatch(word):
             found.add(word)
         end = m.end()
         sentence_start = m.group(0).endswith((".", "?", "!")) or text[end : end + 1] in {".", "?", "!", ":"}
     return found
+
+
+def _is_title_case(words: Sequence[str]) -> bool:
+    """Whether every longer word after the first is capitalized, as in a title."""
+    longer = [w for w in words[1:] if len(w) > 3 and w[:1].isalpha() and w.lower() not in _STOPWORDS]
+    return len(longer) >= 4 and all(w[:1].isupper() for w in longer)
+
+
+def _entity_found(entity: str, haystack: str) -> bool:
+    """`entity` is in `haystack`, or its country is when it is a demonym ("French": "France")."""
+    if entity in haystack:
+        return True
+    country = _IRREGULAR_DEMONYMS.get(entity)
+    if country is None and (m := _DEMONYM.fullmatch(entity)):
+        return re.search(rf"\b{re.escape(m.group(1))}", haystack) is not None
+    return country is not None and country in haystack
 
 
 def _share(needles: set[str], haystack: str | set[str]) -> float:
@@ -129,7 +159,8 @@ def context_features(question: str, context: Sequence[Candidate]) -> dict[str, f
     sims = [c.similarity for c in context]
     top = context[:AGREEMENT_TOP]
     qc = _share(content_words(question), hay_words)
-    ec = _share(entities(question), hay)
+    names = entities(question)
+    ec = sum(1 for e in names if _entity_found(e, hay)) / len(names) if names else 1.0
     nc = _share(numbers(question), hay_numbers)
     return {
         "top_similarity": max(sims),

@@ -57,6 +57,27 @@ def test_question_parts_are_found_words_names_and_numbers() -> None:
     assert content_words("What were the capital expenditures of the company?") == {"capital", "expenditure"}
 
 
+def test_names_are_not_numerals_dashes_or_title_capitals() -> None:
+    # Each of these once made the sufficiency check abstain on an answerable PubMedQA question.
+    assert entities("Long-term significance of postictal psychotic episodes II. Are they predictive?") == set()
+    assert entities("Lloyd-Davies position with Trendelenburg--a disaster waiting to happen?") == {"trendelenburg"}
+    title = "Assessing Patient Reported Outcomes via Phone Interviews Versus Patient Self-Survey in a Clinic"
+    assert entities(title) == set()
+    # A title still names what is written in capitals; a sentence keeps its capitalized names.
+    assert entities("What Was AMCOR's Adjusted Non GAAP EBITDA for FY 2023") == {"amcor", "gaap", "ebitda", "fy"}
+    assert entities("Is the Capital Expenditure of Costco higher than Walmart's?") >= {"costco", "walmart"}
+
+
+def test_a_demonym_is_found_by_its_country() -> None:
+    france = [chunk("Lay people and health professionals in France were surveyed.", doc="d", similarity=0.6)]
+    assert context_features("Do French lay people find it acceptable?", france)["entity_coverage"] == 1.0
+    japan = [chunk("A cohort of Japan's hospitals.", doc="d", similarity=0.6)]
+    assert context_features("Do Japanese hospitals differ?", japan)["entity_coverage"] == 1.0
+    # A stem must start a word: "hospital" does not hold "Italian".
+    assert context_features("Do Italian hospitals differ?", japan)["entity_coverage"] == 0.0
+    assert context_features("Do Swedish hospitals differ?", japan)["entity_coverage"] == 0.0
+
+
 def test_context_features_see_what_the_context_holds() -> None:
     held = context_features("What was 3M's capital expenditure in FY2018?", CONTEXT)
     assert held["top_similarity"] == pytest.approx(0.71)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -54,13 +55,47 @@ def test_commands_exist() -> None:
 def test_model_servers_load_what_models_prepare_writes() -> None:
     defaults = Settings.model_validate({})
     for service, tier in (("small-model", defaults.small), ("large-model", defaults.large)):
-        command = SERVICES[service]["command"]
+        command = _command_line(service)
         assert f"/models/{MODELS[tier.gguf].filename}" in command, service
         assert f"--alias {tier.model}" in command
         if tier.chat_template:
             template = re.search(r"--chat-template-file /templates/(\S+)", command).group(1)
             assert (REPO / "core" / "templates" / template).is_file()
             assert template == f"{tier.chat_template}.jinja"
+
+
+def _command_line(service: str) -> str:
+    command = SERVICES[service]["command"]
+    return " ".join(command) if isinstance(command, list) else command
+
+
+def test_small_model_server_loads_every_fine_tuned_adapter(tmp_path: Path) -> None:
+    """Runs small-model's shell command with `echo` in place of llama-server, over a copy of
+    the adapters folder the fine-tuning jobs write to."""
+    from finetune.registry import adapters_dir
+
+    service = SERVICES["small-model"]
+    assert service["entrypoint"] == ["/bin/sh", "-c"]
+    volume_dir = Path(SIEVE_SERVICES["worker"]["environment"]["SIEVE_DATA_DIR"])
+    assert f"sieve-data:{volume_dir}:ro" in service["volumes"]
+    script = service["command"][0].replace("$$", "$")  # compose's escape for a literal $
+    assert f"{adapters_dir(volume_dir)}/*/*.gguf" in script
+    script = script.replace("exec /app/llama-server", "exec echo").replace(str(volume_dir), str(tmp_path))
+
+    def server_args() -> list[str]:
+        return subprocess.run(["/bin/sh", "-c", script], capture_output=True, text=True, check=True).stdout.split()
+
+    assert "--lora-scaled" not in server_args()  # no adapters yet: the base model alone
+    for ident in ("legal-0a1b2c3d4e5f", "finance-9f8e7d6c5b4a"):
+        (adapters_dir(tmp_path) / ident).mkdir(parents=True)
+        (adapters_dir(tmp_path) / ident / f"{ident}.gguf").write_bytes(b"GGUF")
+    (adapters_dir(tmp_path) / "legal-0a1b2c3d4e5f" / "adapter.json").write_text("{}")
+    args = server_args()
+    loaded = [args[i + 1] for i, arg in enumerate(args) if arg == "--lora-scaled"]
+    assert sorted(loaded) == sorted(
+        f"{adapters_dir(tmp_path) / ident / ident}.gguf:0" for ident in ("legal-0a1b2c3d4e5f", "finance-9f8e7d6c5b4a")
+    )
+    assert args[:2] == ["-m", "/models/gemma-3-270m-q4_k_m.gguf"]
 
 
 def test_the_image_holds_every_package() -> None:

@@ -10,8 +10,10 @@ collection of that name holds exactly these files, and only the files it lacks a
 
 `evaluate` asks every question in each mode (`cascade`, `small_only`, `large_only`), scores
 it with the domain's metric (`retrieval.metrics`) and writes `results.jsonl`,
-`summary.json`, `summary.md` and two plots (accuracy by mode and domain; the small model's
-risk-coverage curve with the cascade and the large model beside it).
+`summary.json`, `summary.md` and plots (accuracy by mode and domain; the small model's
+risk-coverage curve with the cascade and the large model beside it; and, with both single-tier
+modes run, the escalation trade-off: `escalation_curve` replays the cascade at every
+confidence threshold, so one run shows what each escalation share would cost and buy).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import logging
 import math
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,6 +50,8 @@ log = logging.getLogger(__name__)
 # The module that answers each evaluation set's domain.
 DOMAIN_MODULES = {"finance": "finance", "biomedical": "biomedical", "legal": "legal", "technical_manuals": "manuals"}
 UPLOAD_BATCH = 200
+# Escalation shares at which summary.md reads the replayed cascade's accuracy.
+TRADEOFF_POINTS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.6, 1.0)
 Progress = Callable[[str], None]
 
 
@@ -255,6 +259,56 @@ def risk_coverage(rows: Sequence[QuestionResult]) -> list[tuple[float, float]]:
     return points
 
 
+def escalation_curve(
+    results: Sequence[QuestionResult], abstain_below: Mapping[str | None, float]
+) -> list[tuple[float, float]]:
+    """The cascade replayed at every confidence threshold from the same questions'
+    `small_only` and `large_only` answers: (share of answerable questions escalated,
+    accuracy), from escalating nothing to escalating every answer the small model gave.
+
+    As in `retrieval.cascade`: a context below its module's `abstain_below` sufficiency
+    abstains without a model, a small-model "no answer" is final, and the least confident of
+    the other answers go to the large tier first. What an `escalation_target` buys, read off
+    one evaluation."""
+    small = {r.id: r for r in results if r.mode == "small_only"}
+    large = {r.id: r for r in results if r.mode == "large_only"}
+    ids = [i for i in small if i in large]
+    if not ids:
+        return []
+    n_answerable = sum(small[i].answerable for i in ids)
+    fixed, movable = 0.0, []
+    for i in ids:
+        s = small[i]
+        if s.features.get("sufficiency", 1.0) < abstain_below.get(s.module, 0.0):
+            fixed += 0.0 if s.answerable else 1.0  # abstained: right only when the answer is not there
+        elif s.decision == "abstained":
+            fixed += s.score
+        else:
+            movable.append(s)
+    movable.sort(key=lambda r: r.confidence)
+    total = fixed + sum(r.score for r in movable)
+    escalated = 0
+    points = [(_share(0, n_answerable) or 0.0, total / len(ids))]
+    for s in movable:
+        total += large[s.id].score - s.score
+        escalated += s.answerable
+        points.append((_share(escalated, n_answerable) or 0.0, total / len(ids)))
+    return points
+
+
+def accuracy_at(curve: Sequence[tuple[float, float]], escalation: float) -> float | None:
+    """The replayed cascade's accuracy at the last threshold that escalates at most `escalation`
+    of the answerable questions (what an `escalation_target` of that share would give)."""
+    within = [acc for esc, acc in curve if esc <= escalation + 1e-9]
+    return within[-1] if within else None
+
+
+def escalation_for(curve: Sequence[tuple[float, float]], accuracy: float) -> float | None:
+    """The least escalation at which the replayed cascade reaches `accuracy` (None: never)."""
+    reached = [escalation for escalation, acc in curve if acc >= accuracy - 1e-9]
+    return min(reached) if reached else None
+
+
 def targets(summary: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
     """The issue's targets: (what, measured, met), met None when a mode is missing."""
     c, large = summary.get("cascade"), summary.get("large_only")
@@ -277,7 +331,10 @@ def targets(summary: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
     return rows
 
 
-def summary_markdown(summary: dict[str, Any], *, questions: Path, collection: str, domains: Sequence[str]) -> str:
+def summary_markdown(
+    summary: dict[str, Any], *, questions: Path, collection: str, domains: Sequence[str],
+    curve: Sequence[tuple[float, float]] = (),
+) -> str:
     keys = ["n_questions", "accuracy", "accuracy_answerable", "escalation_rate", "degraded_rate", "abstention_recall",
             "abstention_precision", "false_abstention_rate", "latency_p50_ms", "latency_p95_ms", "latency_mean_ms",
             "cost", "errors"]
@@ -296,12 +353,29 @@ def summary_markdown(summary: dict[str, Any], *, questions: Path, collection: st
     lines += ["", "## Targets", "", "| target | measured | met |", "|---|---|---|"]
     lines += [f"| {what} | {measured} | {'n/a' if met is None else ('yes' if met else 'no')} |"
               for what, measured, met in targets(summary)]
-    lines += ["", "Plots: `accuracy_by_mode.png`, `risk_coverage.png`. Per question: `results.jsonl`.", ""]
+    if curve:
+        lines += ["", "## Escalation trade-off", "",
+                  "The cascade replayed from the small-only and large-only answers at every confidence threshold "
+                  "(`escalation_curve` in summary.json, `escalation_tradeoff.png`): its accuracy when up to this "
+                  "share of answerable questions escalates, the least confident answers first, as an "
+                  "`escalation_target` would send them.", "",
+                  "| escalated, up to | " + " | ".join(f"{x:.0%}" for x in TRADEOFF_POINTS) + " |",
+                  "|---|" + "---|" * len(TRADEOFF_POINTS),
+                  "| accuracy | " + " | ".join(cell(accuracy_at(curve, x)) for x in TRADEOFF_POINTS) + " |"]
+        if "large_only" in summary:
+            goal = 0.95 * summary["large_only"]["accuracy"]
+            lines += ["", f"Least escalation reaching 95% of large-only accuracy ({goal:.3f}): "
+                      f"{cell(escalation_for(curve, goal))}."]
+    plots = ["accuracy_by_mode.png", "risk_coverage.png"] + (["escalation_tradeoff.png"] if curve else [])
+    lines += ["", "Plots: " + ", ".join(f"`{p}`" for p in plots) + ". Per question: `results.jsonl`.", ""]
     return "\n".join(lines)
 
 
-def plot(results: Sequence[QuestionResult], summary: dict[str, Any], out: Path) -> list[Path]:
-    """Accuracy by mode (and domain), and the small model's risk-coverage curve."""
+def plot(
+    results: Sequence[QuestionResult], summary: dict[str, Any], out: Path, *, curve: Sequence[tuple[float, float]] = ()
+) -> list[Path]:
+    """Accuracy by mode (and domain), the small model's risk-coverage curve, and (given the
+    replayed cascade's `curve`) accuracy against escalation."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -346,6 +420,26 @@ def plot(results: Sequence[QuestionResult], summary: dict[str, Any], out: Path) 
     paths.append(out / "risk_coverage.png")
     fig.savefig(paths[-1], dpi=120)
     plt.close(fig)
+
+    if curve:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        xs, ys = zip(*curve)
+        ax.step(xs, ys, where="post", label="cascade, replayed at every threshold")
+        if "large_only" in summary:
+            ax.axhline(summary["large_only"]["accuracy"], color="gray", linestyle="--", label="large model only")
+        if "cascade" in summary and summary["cascade"]["escalation_rate"] is not None:
+            c = summary["cascade"]
+            ax.scatter([c["escalation_rate"]], [c["accuracy"]], color="red", zorder=3, label="cascade as run")
+        ax.set_xlim(0, 1.02)
+        ax.set_ylim(0, 1.02)
+        ax.set_xlabel("share of answerable questions escalated")
+        ax.set_ylabel("accuracy")
+        ax.set_title("Escalation trade-off")
+        ax.legend(loc="lower right", fontsize=8)
+        fig.tight_layout()
+        paths.append(out / "escalation_tradeoff.png")
+        fig.savefig(paths[-1], dpi=120)
+        plt.close(fig)
     return paths
 
 
@@ -371,13 +465,18 @@ async def evaluate(
                 progress(f"[{n}/{len(items)}] {mode:10} {r.decision:9} score {r.score:.2f} "
                          f"conf {r.confidence:.2f} {r.latency_ms:6.0f} ms  {r.id}")
     summary = summarize(results)
+    floors = {}
+    for key in {r.module for r in results if r.module}:
+        floors[key] = (await service.module_for(tenant, key))[0].config.abstain_below
+    curve = escalation_curve(results, floors)
     domains = sorted({r.domain for r in results})
     (out / "summary.json").write_text(json.dumps(
         {"questions": str(questions_path), "collection": collection, "modes": summary,
-         "targets": [{"target": t, "measured": m, "met": ok} for t, m, ok in targets(summary)]}, indent=2))
-    markdown = summary_markdown(summary, questions=questions_path, collection=collection, domains=domains)
+         "targets": [{"target": t, "measured": m, "met": ok} for t, m, ok in targets(summary)],
+         "escalation_curve": [{"escalation_rate": e, "accuracy": a} for e, a in curve]}, indent=2))
+    markdown = summary_markdown(summary, questions=questions_path, collection=collection, domains=domains, curve=curve)
     (out / "summary.md").write_text(markdown)
-    plot(results, summary, out)
+    plot(results, summary, out, curve=curve)
     return summary
 
 

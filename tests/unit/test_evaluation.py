@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -10,8 +11,11 @@ import pytest
 from core.errors import ValidationFailedError
 from retrieval.evaluation import (
     QuestionResult,
+    accuracy_at,
     corpus_collection_name,
     corpus_files,
+    escalation_curve,
+    escalation_for,
     load_questions,
     module_for,
     plot,
@@ -86,8 +90,44 @@ def test_risk_coverage_keeps_the_most_confident_first() -> None:
     assert risk_coverage(rows) == [(0.25, 1.0), (0.5, 1.0), (0.75, pytest.approx(2 / 3)), (1.0, 0.5)]
 
 
+def _replay_rows() -> list[QuestionResult]:
+    """Small-only and large-only answers to five questions (module `finance`)."""
+    def pair(qid, small_decision, small_score, confidence, large_score, *, answerable=True, sufficiency=0.9):
+        small = result("small_only", small_decision, small_score, confidence=confidence, answerable=answerable)
+        large = result("large_only", "escalated", large_score, answerable=answerable)
+        return [replace(r, id=qid, module="finance", features={"sufficiency": sufficiency}) for r in (small, large)]
+
+    return [
+        *pair("sure", "answered", 1.0, 0.9, 1.0),
+        *pair("unsure-wrong", "answered", 0.0, 0.2, 1.0),
+        *pair("unsure-right", "answered", 1.0, 0.5, 0.0),
+        # Below the sufficiency floor: abstains without a model, right because there is no answer.
+        *pair("not-there", "answered", 0.0, 0.1, 0.0, answerable=False, sufficiency=0.1),
+        # The small model's "no answer" is final, never escalated.
+        *pair("declined", "abstained", 0.0, 0.05, 1.0),
+    ]
+
+
+def test_escalation_curve_replays_the_cascade_least_confident_first() -> None:
+    curve = escalation_curve(_replay_rows(), {"finance": 0.2})
+    # 4 answerable questions; escalating "unsure-wrong" (0.2) fixes it, "unsure-right" (0.5) breaks it.
+    assert curve == [(0.0, 0.6), (0.25, 0.8), (0.5, 0.6), (0.75, 0.6)]
+    assert escalation_for(curve, 0.8) == 0.25 and escalation_for(curve, 0.9) is None
+    assert accuracy_at(curve, 0.3) == 0.8 and accuracy_at(curve, 1.0) == 0.6
+    # Without the floor the unanswerable question is answered by the small model, and wrong.
+    assert escalation_curve(_replay_rows(), {})[0] == (0.0, 0.4)
+    assert escalation_curve([r for r in _replay_rows() if r.mode == "small_only"], {}) == []
+
+
 def test_plots_are_written(tmp_path: Path) -> None:
     rows = [result(m, "answered", 1.0, confidence=0.7) for m in ("cascade", "small_only", "large_only")]
     paths = plot(rows, summarize(rows), tmp_path)
     assert [p.name for p in paths] == ["accuracy_by_mode.png", "risk_coverage.png"]
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in paths)
+    rows = _replay_rows()
+    paths = plot(rows, summarize(rows), tmp_path, curve=escalation_curve(rows, {"finance": 0.2}))
+    assert paths[-1].name == "escalation_tradeoff.png" and paths[-1].read_bytes()[:4] == b"\x89PNG"
+    markdown = summary_markdown(summarize(rows), questions=Path("q.jsonl"), collection="c", domains=["finance"],
+                                curve=escalation_curve(rows, {"finance": 0.2}))
+    assert "| accuracy | 0.600 | 0.600 | 0.600 | 0.800 | 0.800 | 0.600 | 0.600 |" in markdown
+    assert "Least escalation reaching 95% of large-only accuracy (0.570): 0.000." in markdown

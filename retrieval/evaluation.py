@@ -400,47 +400,50 @@ def plot(
     plt.close(fig)
 
     small = [r for r in results if r.mode == "small_only"]
+
+    def risk(ax) -> None:
+        if small:
+            xs, ys = zip(*risk_coverage(small))
+            ax.plot(xs, ys, marker="." if len(xs) < 50 else None, label="small model, most confident first")
+
+    paths.append(_curve_figure(
+        plt, out / "risk_coverage.png", summary, risk, title="Risk-coverage", legend_loc="lower left",
+        xlabel="coverage (share of questions kept)", ylabel="accuracy of kept questions",
+        cascade_x=lambda c: 1 - c["escalation_rate"], cascade_label="cascade (x: share kept by the small model)",
+    ))
+    if curve:
+        paths.append(_curve_figure(
+            plt, out / "escalation_tradeoff.png", summary,
+            lambda ax: ax.step(*zip(*curve), where="post", label="cascade, replayed at every threshold"),
+            title="Escalation trade-off", legend_loc="lower right",
+            xlabel="share of answerable questions escalated", ylabel="accuracy",
+            cascade_x=lambda c: c["escalation_rate"], cascade_label="cascade as run",
+        ))
+    return paths
+
+
+def _curve_figure(
+    plt: Any, path: Path, summary: dict[str, Any], draw: Callable[[Any], object], *, title: str, legend_loc: str,
+    xlabel: str, ylabel: str, cascade_x: Callable[[dict[str, Any]], float], cascade_label: str,
+) -> Path:
+    """A 0-1 by 0-1 plot of `draw`'s curve, with the large model's accuracy and the cascade's point."""
     fig, ax = plt.subplots(figsize=(6, 4))
-    if small:
-        xs, ys = zip(*risk_coverage(small))
-        ax.plot(xs, ys, marker="." if len(xs) < 50 else None, label="small model, most confident first")
+    draw(ax)
     if "large_only" in summary:
         ax.axhline(summary["large_only"]["accuracy"], color="gray", linestyle="--", label="large model only")
     if "cascade" in summary and summary["cascade"]["escalation_rate"] is not None:
         c = summary["cascade"]
-        ax.scatter([1 - c["escalation_rate"]], [c["accuracy"]], color="red", zorder=3,
-                   label="cascade (x: share kept by the small model)")
+        ax.scatter([cascade_x(c)], [c["accuracy"]], color="red", zorder=3, label=cascade_label)
     ax.set_xlim(0, 1.02)
     ax.set_ylim(0, 1.02)
-    ax.set_xlabel("coverage (share of questions kept)")
-    ax.set_ylabel("accuracy of kept questions")
-    ax.set_title("Risk-coverage")
-    ax.legend(loc="lower left", fontsize=8)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(loc=legend_loc, fontsize=8)
     fig.tight_layout()
-    paths.append(out / "risk_coverage.png")
-    fig.savefig(paths[-1], dpi=120)
+    fig.savefig(path, dpi=120)
     plt.close(fig)
-
-    if curve:
-        fig, ax = plt.subplots(figsize=(6, 4))
-        xs, ys = zip(*curve)
-        ax.step(xs, ys, where="post", label="cascade, replayed at every threshold")
-        if "large_only" in summary:
-            ax.axhline(summary["large_only"]["accuracy"], color="gray", linestyle="--", label="large model only")
-        if "cascade" in summary and summary["cascade"]["escalation_rate"] is not None:
-            c = summary["cascade"]
-            ax.scatter([c["escalation_rate"]], [c["accuracy"]], color="red", zorder=3, label="cascade as run")
-        ax.set_xlim(0, 1.02)
-        ax.set_ylim(0, 1.02)
-        ax.set_xlabel("share of answerable questions escalated")
-        ax.set_ylabel("accuracy")
-        ax.set_title("Escalation trade-off")
-        ax.legend(loc="lower right", fontsize=8)
-        fig.tight_layout()
-        paths.append(out / "escalation_tradeoff.png")
-        fig.savefig(paths[-1], dpi=120)
-        plt.close(fig)
-    return paths
+    return path
 
 
 async def evaluate(

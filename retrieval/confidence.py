@@ -58,6 +58,7 @@ _STOPWORDS = frozenset(
 )
 _WORD = re.compile(r"[a-z][a-z0-9'-]*[a-z0-9]|[a-z]")
 _NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
+_SHORT_YEAR = re.compile(r"\b(FY|CY)\s?'?(\d{2})\b", re.IGNORECASE)
 # A word with inner hyphens ("Lloyd-Davies"), never across a dash ("Trendelenburg--a").
 _TOKEN = re.compile(r"[A-Za-z0-9](?:[\w&.']|-(?=\w))*")
 _ROMAN = re.compile(r"x{0,3}(?:ix|iv|v?i{0,3})")
@@ -83,9 +84,10 @@ def _singular(word: str) -> str:
 
 
 def numbers(text: str) -> set[str]:
-    """Numbers as written without thousands separators: "1,577.5" -> "1577.5"."""
+    """Numbers as written without thousands separators: "1,577.5" -> "1577.5"; a two-digit
+    fiscal year is the year it names ("FY22" -> "2022"), as filings write it."""
     found = set()
-    for raw in _NUMBER.findall(text):
+    for raw in _NUMBER.findall(_SHORT_YEAR.sub(lambda m: f"{m.group(1)} 20{m.group(2)}", text)):
         n = raw.replace(",", "").rstrip(".")
         if n:
             found.add(n)

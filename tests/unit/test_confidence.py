@@ -54,6 +54,8 @@ CONTEXT = [
 def test_question_parts_are_found_words_names_and_numbers() -> None:
     assert entities("What was 3M's FY2018 capital expenditure? Does Best Buy report it?") == {"3m", "best", "buy"}
     assert numbers("$1,577 million in FY2018 and 3.5%") == {"1577", "2018", "3.5"}
+    # A two-digit fiscal year names the year a filing writes in full (a FinanceBench false abstention).
+    assert numbers("AMD's quick ratio for FY22, and FY '21?") == {"2022", "2021"}
     assert content_words("What were the capital expenditures of the company?") == {"capital", "expenditure"}
 
 

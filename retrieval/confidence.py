@@ -34,6 +34,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from core import db
 from core.llm import ChatResult
 from modules.base import Candidate
+from modules.normalize import find_periods
 from retrieval.prompting import NO_ANSWER, is_no_answer
 
 # Every feature a calibration may use, in a fixed order.
@@ -58,7 +59,6 @@ _STOPWORDS = frozenset(
 )
 _WORD = re.compile(r"[a-z][a-z0-9'-]*[a-z0-9]|[a-z]")
 _NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
-_SHORT_YEAR = re.compile(r"\b(FY|CY)\s?'?(\d{2})\b", re.IGNORECASE)
 # A word with inner hyphens ("Lloyd-Davies"), never across a dash ("Trendelenburg--a").
 _TOKEN = re.compile(r"[A-Za-z0-9](?:[\w&.']|-(?=\w))*")
 _ROMAN = re.compile(r"x{0,3}(?:ix|iv|v?i{0,3})")
@@ -84,10 +84,12 @@ def _singular(word: str) -> str:
 
 
 def numbers(text: str) -> set[str]:
-    """Numbers as written without thousands separators: "1,577.5" -> "1577.5"; a two-digit
-    fiscal year is the year it names ("FY22" -> "2022"), as filings write it."""
+    """Numbers as written without thousands separators: "1,577.5" -> "1577.5"; a fiscal period
+    counts in its canonical form ("FY22" -> "2022", "2Q23" -> "2023" and "2"), as filings write it."""
+    for period in reversed(find_periods(text, bare_years=False)):
+        text = f"{text[: period.start]}{period.label}{text[period.end :]}"
     found = set()
-    for raw in _NUMBER.findall(_SHORT_YEAR.sub(lambda m: f"{m.group(1)} 20{m.group(2)}", text)):
+    for raw in _NUMBER.findall(text):
         n = raw.replace(",", "").rstrip(".")
         if n:
             found.add(n)
@@ -162,7 +164,7 @@ def context_features(question: str, context: Sequence[Candidate]) -> dict[str, f
     top = context[:AGREEMENT_TOP]
     qc = _share(content_words(question), hay_words)
     names = entities(question)
-    ec = sum(1 for e in names if _entity_found(e, hay)) / len(names) if names else 1.0
+    ec = _share(names, {e for e in names if _entity_found(e, hay)})
     nc = _share(numbers(question), hay_numbers)
     return {
         "top_similarity": max(sims),

@@ -288,7 +288,7 @@ def escalation_curve(
     movable.sort(key=lambda r: r.confidence)
     total = fixed + sum(r.score for r in movable)
     escalated = 0
-    points = [(_share(0, n_answerable) or 0.0, total / len(ids))]
+    points = [(0.0, total / len(ids))]
     for s in movable:
         total += large[s.id].score - s.score
         escalated += s.answerable

@@ -56,6 +56,7 @@ def test_question_parts_are_found_words_names_and_numbers() -> None:
     assert numbers("$1,577 million in FY2018 and 3.5%") == {"1577", "2018", "3.5"}
     # A two-digit fiscal year names the year a filing writes in full (a FinanceBench false abstention).
     assert numbers("AMD's quick ratio for FY22, and FY '21?") == {"2022", "2021"}
+    assert numbers("revenue in 2Q23") == {"2023", "2"}
     assert content_words("What were the capital expenditures of the company?") == {"capital", "expenditure"}
 
 

@@ -38,6 +38,15 @@ class UploadAccepted(BaseModel):
     status_url: str
 
 
+class OptimizeAccepted(BaseModel):
+    job_id: str
+    state: Literal["queued", "running", "done", "failed"]
+    status_url: str = Field(
+        description="Follow the job here; when it is done, `result` says whether anything changed, the chunks "
+        "the collection holds and the seconds it took."
+    )
+
+
 class FileError(BaseModel):
     filename: str
     code: str

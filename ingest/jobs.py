@@ -154,6 +154,9 @@ class IngestContext(Protocol):
 
     async def ingestor_for(self, tenant: str, collection: str) -> DocumentIngestor: ...
 
+    async def job_finished(self, tenant: str, collection: str, chunks_written: int) -> None:
+        """Called when an ingestion job's last file is done (follow-up maintenance)."""
+
 
 async def _update_file(engine: AsyncEngine, job_id: str, position: int, **values: Any) -> None:
     f = db.job_files
@@ -285,17 +288,29 @@ async def ingest_file(ctx: dict[str, Any], job_id: str, position: int) -> str:
         )
         Path(file.staged_path).unlink(missing_ok=True)
     await _refresh_job(engine, job_id)
-    await _cleanup_if_finished(engine, job_id)
+    if await _cleanup_if_finished(engine, job_id):
+        await sieve.job_finished(job.tenant, job.collection, await _chunks_written(engine, job_id))
     async with engine.connect() as conn:
         return await conn.scalar(
             select(db.job_files.c.state).where(db.job_files.c.job_id == job_id, db.job_files.c.position == position)
         )
 
 
-async def _cleanup_if_finished(engine: AsyncEngine, job_id: str) -> None:
-    """Remove the job's staging folder once every file is terminal."""
+async def _cleanup_if_finished(engine: AsyncEngine, job_id: str) -> bool:
+    """Remove the job's staging folder once every file is terminal; True if they all are."""
     async with engine.connect() as conn:
         row = (await conn.execute(select(db.jobs.c.state).where(db.jobs.c.id == job_id))).first()
         first = await conn.scalar(select(db.job_files.c.staged_path).where(db.job_files.c.job_id == job_id).limit(1))
-    if row and row.state in ("done", "failed") and first:
+    finished = bool(row and row.state in ("done", "failed"))
+    if finished and first:
         shutil.rmtree(Path(first).parent, ignore_errors=True)
+    return finished
+
+
+async def _chunks_written(engine: AsyncEngine, job_id: str) -> int:
+    """Chunks of the job's files that were (re-)ingested, not found unchanged."""
+    f = db.job_files
+    async with engine.connect() as conn:
+        return await conn.scalar(
+            select(func.coalesce(func.sum(f.c.chunks_done), 0)).where(f.c.job_id == job_id, f.c.state == "done")
+        )

@@ -21,20 +21,29 @@ from core.resources import Resources
 from core.settings import Settings
 from core import catalog
 from ingest.jobs import QUEUE_NAME, enqueue_ingest, ingest_file, unfinished_ingest_files
+from ingest.optimize import enqueue_optimize, optimize_collection, request_optimize, unfinished_optimize_jobs
 from ingest.pipeline import DocumentIngestor, IngestConfig
 from modules.registry import enrichment_for
 
 log = logging.getLogger(__name__)
 
 FILE_TIMEOUT_S = 3 * 3600  # one very large PDF on 2 cores can take an hour to embed
+OPTIMIZE_TIMEOUT_S = 3 * 3600  # about 5 minutes per 100k chunks on 2 cores
 
 
 class IngestServices:
-    """What ingestion jobs use: the database, and a `DocumentIngestor` per collection."""
+    """What ingestion and optimize jobs use: the process's resources, and a
+    `DocumentIngestor` per collection."""
 
     def __init__(self, resources: Resources):
         self.resources = resources
         self.db = resources.db
+
+    async def job_finished(self, tenant: str, collection: str, chunks_written: int) -> None:
+        """Queue an optimize job after a big enough ingestion, where the store needs one."""
+        threshold = self.resources.settings.optimize_after_chunks
+        if not self.resources.store.indexes_in_background and threshold and chunks_written >= threshold:
+            await request_optimize(self.db, self.resources.redis, tenant=tenant, collection=collection)
 
     async def ingestor_for(self, tenant: str, collection: str) -> DocumentIngestor:
         record = await catalog.get_collection(self.db, tenant=tenant, name=collection)
@@ -64,7 +73,10 @@ class IngestServices:
 def build_worker(resources: Resources, *, burst: bool = False) -> Worker:
     """An arq worker for the ingestion queue sharing `resources` (not started)."""
     return Worker(
-        functions=[func(ingest_file, name="ingest_file", timeout=FILE_TIMEOUT_S, max_tries=5)],
+        functions=[
+            func(ingest_file, name="ingest_file", timeout=FILE_TIMEOUT_S, max_tries=5),
+            func(optimize_collection, name="optimize_collection", timeout=OPTIMIZE_TIMEOUT_S, max_tries=1),
+        ],
         queue_name=QUEUE_NAME,
         # Its own connection pool: `Worker.close` closes the pool it uses.
         redis_settings=RedisSettings.from_dsn(resources.redis_url),
@@ -78,7 +90,8 @@ def build_worker(resources: Resources, *, burst: bool = False) -> Worker:
 
 
 async def recover(resources: Resources, *, exclusive: bool) -> int:
-    """Re-enqueue every unfinished file (idempotent thanks to deterministic arq job ids).
+    """Re-enqueue every unfinished file and optimize job (idempotent thanks to deterministic
+    arq job ids).
 
     `exclusive`: this process is the only worker (the embedded default), so in-progress
     markers left by a previous, killed run are stale and are cleared to retry at once
@@ -95,7 +108,12 @@ async def recover(resources: Resources, *, exclusive: bool) -> int:
         await enqueue_ingest(resources.redis, job_id, positions)
     if pending:
         log.info("re-enqueued %d unfinished file(s) from %d job(s)", len(pending), len(by_job))
-    return len(pending)
+    optimizing = await unfinished_optimize_jobs(resources.db)
+    if exclusive and optimizing:
+        await resources.redis.delete(*(in_progress_key_prefix + job_id for job_id in optimizing))
+    for job_id in optimizing:
+        await enqueue_optimize(resources.redis, job_id)
+    return len(pending) + len(optimizing)
 
 
 async def run_standalone(settings: Settings, start: Callable[[Resources], Awaitable[Worker]]) -> None:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 
-from fastapi import APIRouter, status
+from fastapi import APIRouter, Response, status
 
 from api.deps import ServicesDep, TenantDep
-from api.schemas import CollectionCreate, CollectionOut
+from api.schemas import CollectionCreate, CollectionOut, OptimizeAccepted
 from core.errors import ValidationFailedError
 from core import catalog
+from ingest.jobs import get_job
+from ingest.optimize import request_optimize
 from modules import registry
 
 router = APIRouter(prefix="/v1/collections", tags=["collections"])
@@ -53,3 +55,20 @@ async def delete_collection(name: str, services: ServicesDep, tenant: TenantDep)
     ingestor = await services.ingest.ingestor_for(tenant, name)
     await asyncio.to_thread(ingestor.drop)
     await catalog.delete_collection_record(services.resources.db, tenant=tenant, name=name)
+
+
+@router.post("/{name}/optimize", status_code=status.HTTP_202_ACCEPTED, response_model=OptimizeAccepted)
+async def optimize_collection(name: str, response: Response, services: ServicesDep, tenant: TenantDep) -> OptimizeAccepted:
+    """Build the collection's vector indexes and vacuum its deleted chunks, as a job.
+
+    The embedded engine indexes only when optimized (Sieve does it after every ingestion of
+    `optimize_after_chunks` chunks or more); until then each search scans every vector.
+    Searches go on while it runs; writes to the collection wait for it. Asking again while
+    one is queued or running returns that job. With a Qdrant server the job changes nothing:
+    the server indexes by itself."""
+    r = services.resources
+    job_id = await request_optimize(r.db, r.redis, tenant=tenant, collection=name)
+    job = await get_job(r.db, tenant=tenant, job_id=job_id)
+    status_url = f"/v1/jobs/{job_id}"
+    response.headers["Location"] = status_url
+    return OptimizeAccepted(job_id=job_id, state=job.state, status_url=status_url)

@@ -168,6 +168,9 @@ def top_hits_by_score_then_id(fetch: Callable[[int], list[Hit]], limit: int) -> 
 class VectorStore(ABC):
     """Storage and search of chunk points, by collection name."""
 
+    indexes_in_background: bool = True
+    """False where indexes are built only when `optimize` runs (the embedded engine)."""
+
     @abstractmethod
     def ensure_collection(self, name: str, spec: CollectionSpec) -> None:
         """Create the collection if missing and make sure every payload index of `spec` exists.
@@ -241,6 +244,11 @@ class VectorStore(ABC):
         caches of what is derived from them; None where the backend cannot tell (a server
         that other processes write to)."""
         return None
+
+    def optimize(self, name: str) -> bool:
+        """Build the vector indexes and vacuum deleted points now; True if anything changed.
+        Does nothing where the backend does it in the background (a Qdrant server)."""
+        return False
 
     @abstractmethod
     def close(self) -> None:

@@ -17,6 +17,10 @@ What the design rests on, measured on qdrant-edge-py 0.9.0:
 - A shard folder can be opened once at a time, even within one process.
 - Nothing builds HNSW indexes or vacuums deleted points in the background: until
   `optimize` runs, search scans every vector (10 ms per query at 100k x 384 dims).
+  `optimize` holds the GIL for minutes, so the store runs it in a child process on a copy
+  of the shard and swaps the copy in; writes wait meanwhile, searches do not.
+- `ShardInfo.indexed_vectors_count` counts sparse vectors as indexed from the start, dense
+  ones once an HNSW index holds them, and deleted points until they are vacuumed.
 - `MatchValue(True)` is read as the integer 1 (bool is an int subclass): filters pass
   `numpy.bool_`, which the bindings read as a boolean.
 - Global sparse IDF counts deleted and overwritten points until they are vacuumed; sparse
@@ -31,6 +35,8 @@ import json
 import os
 import re
 import shutil
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -74,6 +80,11 @@ _NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 SPEC_FILE = "collection.json"
 SHARD_DIR = "shard"
 _DROPPED_PREFIX = ".dropped-"
+# Beside a collection's shard while `optimize` runs: the copy being optimized, the copy
+# ready to swap in (its name is the commit point), the shard swapped out.
+_OPTIMIZING_DIR = ".optimizing"
+_OPTIMIZED_DIR = ".optimized"
+_RETIRED_DIR = ".retired"
 # Points per engine call: each call holds the GIL, so big writes are cut into slices that
 # let request threads run in between.
 _UPSERT_SLICE = 256
@@ -191,12 +202,18 @@ class EdgeVectorStore(VectorStore):
     """Collections as qdrant-edge shards under `root`. Thread-safe; one instance per folder
     and per process (the engine locks a shard's folder while it is open)."""
 
-    def __init__(self, root: Path, *, flush_interval_s: float = 5.0) -> None:
+    indexes_in_background = False
+
+    def __init__(self, root: Path, *, flush_interval_s: float = 5.0, indexing_threshold_kb: int | None = None) -> None:
+        """`indexing_threshold_kb`: for collections created from now on, the size of vectors in
+        a segment above which `optimize` builds it an HNSW index (the engine's default, 10 MB,
+        is about 6,500 vectors of 384 dims)."""
         self._root = Path(root)
         self._root.mkdir(parents=True, exist_ok=True)
         for leftover in self._root.glob(f"{_DROPPED_PREFIX}*"):  # a drop cut short by a crash
             shutil.rmtree(leftover, ignore_errors=True)
         self._flush_interval_s = flush_interval_s
+        self._indexing_threshold_kb = indexing_threshold_kb
         self._collections: dict[str, _Collection] = {}
         self._lock = threading.Lock()  # guards `_collections`: opening, creating, dropping
         self._closed = False
@@ -293,16 +310,39 @@ class EdgeVectorStore(VectorStore):
     def optimize(self, name: str) -> bool:
         """Build HNSW indexes and vacuum deleted points; True if anything changed.
 
-        Blocks the whole interpreter until done (the engine holds the GIL): 283 s for 100k
-        points of 384 dims on two cores. Run it from a maintenance job, not while serving
-        requests.
+        The engine holds the GIL while it optimizes (283 s for 100k points of 384 dims on two
+        cores), so a child process optimizes a copy of the shard and the copy is then swapped
+        in: searches go on against the current shard meanwhile, writes to the collection
+        wait until the swap. A crash at any point leaves the old shard or the optimized one.
         """
         collection = self._get(name)
         with self._writing(collection):
-            changed = self._call(collection, collection.shard.optimize)
             self._call(collection, collection.shard.flush)
             collection.last_flush = time.monotonic()
-            return changed
+            copy = collection.path / _OPTIMIZING_DIR
+            shutil.rmtree(copy, ignore_errors=True)
+            shutil.copytree(collection.path / SHARD_DIR, copy)
+            try:
+                changed = _optimize_in_child(copy)
+            except BaseException:
+                shutil.rmtree(copy, ignore_errors=True)
+                raise
+            if not changed:
+                shutil.rmtree(copy)
+                return False
+            os.replace(copy, collection.path / _OPTIMIZED_DIR)
+            _fsync(collection.path)
+            _finish_optimize(collection.path)
+            # Searches that already hold the old shard finish on it; it closes when released.
+            collection.shard = self._engine(lambda: qe.EdgeShard.load(str(collection.path / SHARD_DIR)))
+            shutil.rmtree(collection.path / _RETIRED_DIR, ignore_errors=True)
+            return True
+
+    def indexed_vectors(self, name: str) -> int:
+        """The engine's count of indexed vectors: every sparse vector, and the dense ones an
+        HNSW index holds; deleted points count until `optimize` vacuums them."""
+        collection = self._get(name)
+        return self._call(collection, collection.shard.info).indexed_vectors_count
 
     # ---- reads ----
 
@@ -456,6 +496,8 @@ class EdgeVectorStore(VectorStore):
         if not _NAME_PATTERN.fullmatch(name) or not (path / SPEC_FILE).is_file():
             raise NotFoundError(f"collection {name!r} does not exist")
         spec = _read_spec(path / SPEC_FILE)
+        _finish_optimize(path)  # an `optimize` cut short by a crash
+        shutil.rmtree(path / _RETIRED_DIR, ignore_errors=True)
         shard = self._engine(lambda: qe.EdgeShard.load(str(path / SHARD_DIR)))
         return _Collection(name=name, path=path, shard=shard, spec=spec, version=next(self._versions))
 
@@ -468,6 +510,8 @@ class EdgeVectorStore(VectorStore):
         config = qe.EdgeConfig(
             vectors={DENSE: qe.EdgeVectorParams(size=spec.dims, distance=qe.Distance.Cosine)},
             sparse_vectors={SPARSE: qe.EdgeSparseVectorParams(modifier=qe.Modifier.Idf)} if spec.sparse else None,
+            optimizers=None if self._indexing_threshold_kb is None
+            else qe.EdgeOptimizersConfig(indexing_threshold=self._indexing_threshold_kb),
         )
         shard_path = path / SHARD_DIR
         if (shard_path / "segments").is_dir():
@@ -522,3 +566,40 @@ class EdgeVectorStore(VectorStore):
             return operation()
         except Exception as e:
             raise VectorStoreError(f"qdrant-edge: {e}") from e
+
+
+def _finish_optimize(path: Path) -> None:
+    """Swap an optimized copy of the shard in, if one is ready (the shard it replaces is
+    left in `_RETIRED_DIR`), and remove a copy that was not ready. Writes waited while the
+    copy was made and optimized, so a ready copy holds everything the shard does."""
+    optimized = path / _OPTIMIZED_DIR
+    if optimized.is_dir():
+        shutil.rmtree(path / _RETIRED_DIR, ignore_errors=True)
+        if (path / SHARD_DIR).exists():
+            os.replace(path / SHARD_DIR, path / _RETIRED_DIR)
+        os.replace(optimized, path / SHARD_DIR)
+        _fsync(path)
+    shutil.rmtree(path / _OPTIMIZING_DIR, ignore_errors=True)
+
+
+def _optimize_in_child(shard_dir: Path) -> bool:
+    """Optimize the closed shard at `shard_dir` in a child process; True if anything changed."""
+    child = subprocess.run(
+        [sys.executable, "-c", "import sys; from core.vectorstore.edge import optimize_shard_folder as o; "
+         "print('changed' if o(sys.argv[1]) else 'unchanged')", str(shard_dir)],
+        capture_output=True, text=True,
+    )
+    if child.returncode != 0:
+        raise VectorStoreError(f"qdrant-edge, optimizing {shard_dir}: {child.stderr.strip()[-500:]}")
+    return child.stdout.split()[-1] == "changed"
+
+
+def optimize_shard_folder(shard_dir: str) -> bool:
+    """Build indexes and vacuum the shard at `shard_dir`, which no one else has open."""
+    shard = qe.EdgeShard.load(shard_dir)
+    try:
+        changed = shard.optimize()
+        shard.flush()
+    finally:
+        shard.close()
+    return changed

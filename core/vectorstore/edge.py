@@ -314,6 +314,7 @@ class EdgeVectorStore(VectorStore):
         cores), so a child process optimizes a copy of the shard and the copy is then swapped
         in: searches go on against the current shard meanwhile, writes to the collection
         wait until the swap. A crash at any point leaves the old shard or the optimized one.
+        Needs free disk for a second copy of the shard while it runs.
         """
         collection = self._get(name)
         with self._writing(collection):

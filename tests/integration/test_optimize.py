@@ -86,3 +86,18 @@ def test_optimizing_an_unknown_collection_is_a_typed_404(client: TestClient) -> 
     response = client.post("/v1/collections/nope/optimize")
     assert response.status_code == 404
     assert response.json()["error"]["code"] == "collection_not_found"
+
+
+def test_the_cli_optimizes_and_reports(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    from contextlib import nullcontext
+
+    from typer.testing import CliRunner
+
+    from cli import main as cli
+
+    monkeypatch.setattr(cli, "_client", lambda url: nullcontext(client))
+    result = CliRunner().invoke(cli.app, ["optimize", "contracts"])
+    assert result.exit_code == 0, result.output
+    assert "optimizing contracts" in result.output and " done: " in result.output and '"chunks"' in result.output
+    missing = CliRunner().invoke(cli.app, ["optimize", "nope"])
+    assert missing.exit_code == 1 and "collection_not_found" in missing.output

@@ -28,7 +28,7 @@ from modules.registry import enrichment_for
 log = logging.getLogger(__name__)
 
 FILE_TIMEOUT_S = 3 * 3600  # one very large PDF on 2 cores can take an hour to embed
-OPTIMIZE_TIMEOUT_S = 3 * 3600  # about 5 minutes per 100k chunks on 2 cores
+OPTIMIZE_TIMEOUT_S = 3 * 3600  # 80-140 s per 100k chunks on 2 cores (BENCHMARKS.md)
 
 
 class IngestServices:

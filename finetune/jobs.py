@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from arq import ArqRedis
-from sqlalchemy import insert, select, update
+from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from core import catalog, db
@@ -43,6 +43,7 @@ from finetune.data import Pair, build_examples, examples_hash, parse_pairs, writ
 from finetune.registry import Adapter, AdapterManifest, adapter_id, adapters_dir, get_adapter, save_adapter
 from finetune.run import FinetuneSpec
 from finetune.train import LoraSettings
+from ingest.jobs import set_job
 from modules import module_keys
 
 log = logging.getLogger(__name__)
@@ -137,11 +138,6 @@ def plan_run(
 # ---- the worker side ----
 
 
-async def _set_job(engine: AsyncEngine, job_id: str, **values: Any) -> None:
-    async with engine.begin() as conn:
-        await conn.execute(update(db.jobs).where(db.jobs.c.id == job_id).values(**values))
-
-
 async def finetune(ctx: dict[str, Any], job_id: str) -> str:
     """arq job: run fine-tuning job `job_id`; returns its final state."""
     services = ctx["sieve"]
@@ -158,23 +154,23 @@ async def finetune(ctx: dict[str, Any], job_id: str) -> str:
     work = finetune_dir(settings) / "jobs" / job_id
     request = json.loads((work / "request.json").read_text())
     progress: dict[str, Any] = dict(job.progress or {}, phase="preparing")
-    await _set_job(engine, job_id, state="running", started_at=db.utcnow(), progress=progress)
+    await set_job(engine, job_id, state="running", started_at=db.utcnow(), progress=progress)
     try:
         result = await _run(services, job_id, work, request, progress)
     except ServiceError as e:
-        await _set_job(
+        await set_job(
             engine, job_id, state="failed", finished_at=db.utcnow(), error=f"{e.code}: {e.message}",
             result={"error": {"code": e.code, "message": e.message, "details": e.details}},
         )
         return "failed"
     except Exception as e:  # a bug or a library failure: recorded, not retried
         log.exception("finetune job %s failed", job_id)
-        await _set_job(
+        await set_job(
             engine, job_id, state="failed", finished_at=db.utcnow(), error=f"internal_error: {e!r}",
             result={"error": {"code": "internal_error", "message": repr(e), "details": []}},
         )
         return "failed"
-    await _set_job(engine, job_id, state="done", finished_at=db.utcnow(), result=result,
+    await set_job(engine, job_id, state="done", finished_at=db.utcnow(), result=result,
                    progress=dict(progress, phase="done"))
     return "done"
 
@@ -188,7 +184,7 @@ async def _run(services: Any, job_id: str, work: Path, request: dict[str, Any], 
 
     async def report(**values: Any) -> None:
         progress.update(values)
-        await _set_job(engine, job_id, progress=dict(progress))
+        await set_job(engine, job_id, progress=dict(progress))
 
     await report(phase="curating", curated=0)
     examples = await _curate(services, tenant, request["collection"], module_key, pairs, report)

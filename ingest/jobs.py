@@ -109,6 +109,12 @@ async def enqueue_ingest(redis: ArqRedis, job_id: str, positions: list[int]) -> 
         )
 
 
+async def set_job(engine: AsyncEngine, job_id: str, **values: Any) -> None:
+    """Write `values` into a job's record (state, progress, result, times)."""
+    async with engine.begin() as conn:
+        await conn.execute(update(db.jobs).where(db.jobs.c.id == job_id).values(**values))
+
+
 async def get_job(engine: AsyncEngine, *, tenant: str, job_id: str) -> Job:
     async with engine.connect() as conn:
         row = (await conn.execute(select(db.jobs).where(db.jobs.c.id == job_id, db.jobs.c.tenant == tenant))).first()

@@ -17,11 +17,11 @@ import uuid
 from typing import Any
 
 from arq import ArqRedis
-from sqlalchemy import insert, select, update
+from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from core import catalog, db
-from ingest.jobs import QUEUE_NAME
+from ingest.jobs import QUEUE_NAME, set_job
 
 log = logging.getLogger(__name__)
 
@@ -64,11 +64,6 @@ async def enqueue_optimize(redis: ArqRedis, job_id: str) -> None:
     await redis.enqueue_job("optimize_collection", job_id, _job_id=job_id, _queue_name=QUEUE_NAME)
 
 
-async def _set_job(engine: AsyncEngine, job_id: str, **values: Any) -> None:
-    async with engine.begin() as conn:
-        await conn.execute(update(db.jobs).where(db.jobs.c.id == job_id).values(**values))
-
-
 async def optimize_collection(ctx: dict[str, Any], job_id: str) -> str:
     """arq job: optimize the collection of job `job_id`; returns the job's final state.
 
@@ -79,7 +74,7 @@ async def optimize_collection(ctx: dict[str, Any], job_id: str) -> str:
         job = (await conn.execute(select(db.jobs).where(db.jobs.c.id == job_id))).first()
     if job is None or job.state not in UNFINISHED:
         return job.state if job else "missing"
-    await _set_job(engine, job_id, state="running", started_at=db.utcnow())
+    await set_job(engine, job_id, state="running", started_at=db.utcnow())
     began = time.perf_counter()
     try:
         record = await catalog.get_collection(engine, tenant=job.tenant, name=job.collection)
@@ -87,9 +82,9 @@ async def optimize_collection(ctx: dict[str, Any], job_id: str) -> str:
         chunks = await asyncio.to_thread(resources.store.count, record.vector_name)
     except Exception as e:  # recorded on the job; a later ingestion or request queues another
         log.exception("optimize job %s failed", job_id)
-        await _set_job(engine, job_id, state="failed", finished_at=db.utcnow(), error=repr(e),
+        await set_job(engine, job_id, state="failed", finished_at=db.utcnow(), error=repr(e),
                        result={"error": {"code": getattr(e, "code", "internal_error"), "message": str(e)}})
         return "failed"
     result = {"changed": changed, "chunks": chunks, "seconds": round(time.perf_counter() - began, 1)}
-    await _set_job(engine, job_id, state="done", finished_at=db.utcnow(), result=result)
+    await set_job(engine, job_id, state="done", finished_at=db.utcnow(), result=result)
     return "done"

@@ -311,11 +311,10 @@ class EdgeVectorStore(VectorStore):
         """Build HNSW indexes and vacuum deleted points; True if anything changed.
 
         The engine holds the GIL while it optimizes (on two cores: 80-140 s for 100k chunks
-        of 384 dims, 283 s for 100k random vectors), so a child process optimizes a copy of the
-        shard and the copy is then swapped
-        in: searches go on against the current shard meanwhile, writes to the collection
-        wait until the swap. A crash at any point leaves the old shard or the optimized one.
-        Needs free disk for a second copy of the shard while it runs.
+        of 384 dims, 283 s for 100k random vectors), so a child process optimizes a copy of
+        the shard and the copy is then swapped in: searches go on against the current shard
+        meanwhile, writes to the collection wait until the swap. A crash at any point leaves
+        the old shard or the optimized one. Needs free disk for a second copy of the shard.
         """
         collection = self._get(name)
         with self._writing(collection):

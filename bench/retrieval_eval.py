@@ -341,6 +341,7 @@ def run_set(
     from modules import module_class
 
     index = EvalIndex(set_name)
+    padded = DATA_DIR / f"{set_name}-padded"
     try:
         questions = dev_questions(set_name, limit)
         files = corpus_files(set_name, questions, distractors)
@@ -353,7 +354,6 @@ def run_set(
         if pad_to or optimize:
             # Padding and indexing change the index: they work on a copy, which is discarded.
             index.close()
-            padded = DATA_DIR / f"{set_name}-padded"
             shutil.rmtree(padded, ignore_errors=True)
             shutil.copytree(index.dir, padded)
             index = EvalIndex(set_name, data_dir=padded.parent, folder=padded.name)
@@ -370,6 +370,7 @@ def run_set(
         report[index.module.key] = evaluate(index, index.module, questions, k)
     finally:
         index.close()
+        shutil.rmtree(padded, ignore_errors=True)
     return report
 
 

@@ -208,11 +208,15 @@ class FetchContext(ABC):
         mode: str = "hybrid",
         fusion: str = "rrf",
         filter: Filter | None = None,
+        prefer: Filter | None = None,
         sparse_text: str | None = None,
     ) -> list[Candidate]:
         """Top `limit` live chunks for `text`, ranked, each with its cosine similarity to it.
-        `sparse_text` replaces `text` for the BM25 side only: a module can add keywords
-        (clause terminology, synonyms) without paying for a second embedding of the question."""
+        `prefer` ranks the chunks it matches first without excluding the others (a period, a
+        contract title): the ranking within `filter` and within `filter` and `prefer`, fused
+        by reciprocal rank in one engine query. `sparse_text` replaces `text` for the BM25
+        side only: a module can add keywords (clause terminology, synonyms) without paying for
+        a second embedding of the question."""
 
     @abstractmethod
     def known_values(self, key: str, limit: int = 1000) -> dict[str, int]:
@@ -243,21 +247,6 @@ def shingles(text: str, n: int = 3) -> set[tuple[str, ...]]:
 
 def jaccard(a: set, b: set) -> float:
     return len(a & b) / len(a | b) if a and b else 0.0
-
-
-def rrf_merge(lists: list[list[Candidate]], k: int = 60) -> list[Candidate]:
-    """Reciprocal-rank fusion of several ranked candidate lists from the same index (by point
-    id): how a module prefers some candidates (a period, a contract) without excluding the rest."""
-    scores: dict[str, float] = {}
-    first: dict[str, Candidate] = {}
-    for ranked in lists:
-        for rank, c in enumerate(ranked):
-            scores[c.id] = scores.get(c.id, 0.0) + 1.0 / (k + rank)
-            first.setdefault(c.id, c)
-    merged = sorted(first.values(), key=lambda c: (-scores[c.id], c.id))
-    for rank, c in enumerate(merged):
-        c.rank, c.score = rank, scores[c.id]
-    return merged
 
 
 def apply_generic_filters(candidates: list[Candidate], cfg: ModuleConfig, *, count_tokens) -> list[Candidate]:

@@ -91,6 +91,7 @@ class CollectionSearch(FetchContext):
         mode: str = "hybrid",
         fusion: str = "rrf",
         filter: Filter | None = None,
+        prefer: Filter | None = None,
         sparse_text: str | None = None,
     ) -> list[Candidate]:
         if not self.store.collection_exists(self.vector_name):
@@ -101,6 +102,7 @@ class CollectionSearch(FetchContext):
             dense=query_vector if mode in ("hybrid", "dense") else None,
             sparse=self.sparse.embed_query(sparse_text or text) if mode in ("hybrid", "sparse") else None,
             filter=self.scope(filter),
+            prefer=prefer,
             limit=limit,
             fusion=fusion,  # type: ignore[arg-type]
             with_vectors=True,

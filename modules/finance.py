@@ -25,7 +25,6 @@ from modules.base import (
     apply_generic_filters,
     approx_tokens,
     collapse_whitespace,
-    rrf_merge,
 )
 from modules.normalize import (
     annotate_amounts,
@@ -381,10 +380,10 @@ class FinanceModule(DomainModule[FinanceConfig]):
                 base = base.and_(MatchAny(key=ALIASES_KEY, any=aliases))
         query.filter = base if base.must else None
 
-        def search(extra: list[Any]) -> list[Candidate]:
+        def search(extra: list[Any], prefer: list[Any] | None = None) -> list[Candidate]:
             f = base.and_(*extra) if extra else base
             return ctx.search(query.text, limit=cfg.top_k, mode=cfg.retrieval, fusion=cfg.fusion,
-                              filter=f if f.must else None)
+                              filter=f if f.must else None, prefer=Filter(must=prefer) if prefer else None)
 
         year, quarter = query.notes.get("fiscal_year"), query.notes.get("fiscal_quarter")
         preferred: list[Any] = []
@@ -414,9 +413,8 @@ class FinanceModule(DomainModule[FinanceConfig]):
             # Two rankings fused: the exact period (and document type) asked for, and the
             # company's whole collection, so that a period match ranks first but a relevant
             # passage of another year (a comparative, an outlook) still competes.
-            exact = search(preferred)
             query.notes["preferred"] = [c.model_dump() for c in preferred]
-            return rrf_merge([exact, search([])]) if exact else search([])
+            return search([], prefer=preferred)
         return search([])
 
     def normalize(self, query: Query, candidates: list[Candidate]) -> list[Candidate]:

@@ -27,7 +27,6 @@ from modules.base import (
     apply_generic_filters,
     approx_tokens,
     collapse_whitespace,
-    rrf_merge,
 )
 from modules.normalize import annotate_dates, find_dates, name_key, squash
 from modules.registry import register
@@ -366,9 +365,9 @@ class LegalModule(DomainModule[LegalConfig]):
         # terminology only widens the BM25 side.
         keywords = query.notes.get("search_text")
 
-        def search(f: Filter | None) -> list[Candidate]:
+        def search(f: Filter | None, prefer: Filter | None = None) -> list[Candidate]:
             return ctx.search(query.text, limit=cfg.top_k, mode=cfg.retrieval, fusion=cfg.fusion, filter=f,
-                              sparse_text=keywords)
+                              prefer=prefer, sparse_text=keywords)
 
         if not (cfg.use_question_filters and cfg.contract_filter and contract):
             return search(query.filter if cfg.use_question_filters else None)
@@ -388,7 +387,7 @@ class LegalModule(DomainModule[LegalConfig]):
             # A title alone ("AGENCY AGREEMENT") is shared by many contracts: contracts of that
             # title rank first, but nothing is excluded.
             query.notes["contract_preference"] = titles
-            return rrf_merge([search(Filter(must=[MatchAny(key=TITLE_KEY, any=titles)])), search(None)])
+            return search(None, prefer=Filter(must=[MatchAny(key=TITLE_KEY, any=titles)]))
         query.notes["contract_filter"] = "no stored contract matches the title or parties: whole collection searched"
         return search(None)
 

@@ -354,6 +354,7 @@ class EdgeVectorStore(VectorStore):
         dense: list[float] | None = None,
         sparse: SparseVector | None = None,
         filter: Filter | None = None,
+        prefer: Filter | None = None,
         limit: int = 10,
         prefetch_limit: int | None = None,
         fusion: Fusion = "rrf",
@@ -366,31 +367,34 @@ class EdgeVectorStore(VectorStore):
         engine_filter = _optional_filter(filter)
         dense_query = None if dense is None else qe.Query.Nearest(dense, using=DENSE)
         sparse_query = None if sparse is None else qe.Query.Nearest(qe.SparseVector(sparse.indices, sparse.values), using=SPARSE)
-
+        hybrid = dense_query is not None and sparse_query is not None
+        fuse = qe.Fusion.Rrf(k=RRF_K) if fusion == "rrf" else qe.Fusion.Dbsf()
+        single_query = dense_query if dense_query is not None else sparse_query
+        single_params = None if dense_query is not None else _LIVE_IDF
         with_vector = [DENSE] if with_vectors else False
 
+        def candidate_lists(flt: qe.Filter | None) -> list[qe.Prefetch]:
+            candidates = prefetch_limit or 4 * limit
+            return [
+                qe.Prefetch(limit=candidates, query=dense_query, filter=flt),
+                qe.Prefetch(limit=candidates, query=sparse_query, filter=flt, params=_LIVE_IDF),
+            ]
+
+        def ranking(flt: qe.Filter | None) -> qe.Prefetch:
+            if hybrid:
+                return qe.Prefetch(limit=limit, prefetches=candidate_lists(flt), query=fuse, filter=flt)
+            return qe.Prefetch(limit=limit, query=single_query, filter=flt, params=single_params)
+
         def request(n: int) -> qe.QueryRequest:
-            if dense_query is not None and sparse_query is not None:
-                candidates = prefetch_limit or 4 * limit
+            common = dict(limit=n, filter=engine_filter, with_payload=with_payload, with_vector=with_vector)
+            if prefer is not None:
+                preferred = _optional_filter((filter or Filter()).and_(prefer))
                 return qe.QueryRequest(
-                    limit=n,
-                    prefetches=[
-                        qe.Prefetch(limit=candidates, query=dense_query, filter=engine_filter),
-                        qe.Prefetch(limit=candidates, query=sparse_query, filter=engine_filter, params=_LIVE_IDF),
-                    ],
-                    query=qe.Fusion.Rrf(k=RRF_K) if fusion == "rrf" else qe.Fusion.Dbsf(),
-                    filter=engine_filter,
-                    with_payload=with_payload,
-                    with_vector=with_vector,
+                    prefetches=[ranking(engine_filter), ranking(preferred)], query=qe.Fusion.Rrf(k=RRF_K), **common
                 )
-            if dense_query is not None:
-                return qe.QueryRequest(
-                    limit=n, query=dense_query, filter=engine_filter, with_payload=with_payload, with_vector=with_vector
-                )
-            return qe.QueryRequest(
-                limit=n, query=sparse_query, filter=engine_filter, with_payload=with_payload, with_vector=with_vector,
-                params=_LIVE_IDF,
-            )
+            if hybrid:
+                return qe.QueryRequest(prefetches=candidate_lists(engine_filter), query=fuse, **common)
+            return qe.QueryRequest(query=single_query, params=single_params, **common)
 
         def fetch(n: int) -> list[Hit]:
             points = self._call(collection, lambda: collection.shard.query(request(n)))

@@ -204,6 +204,7 @@ class ServerVectorStore(VectorStore):
         dense: list[float] | None = None,
         sparse: SparseVector | None = None,
         filter: Filter | None = None,
+        prefer: Filter | None = None,
         limit: int = 10,
         prefetch_limit: int | None = None,
         fusion: Fusion = "rrf",
@@ -213,22 +214,29 @@ class ServerVectorStore(VectorStore):
         if dense is None and sparse is None:
             raise ValueError("search needs a dense or a sparse query vector, or both")
         server_filter = _optional_filter(filter)
-        query: dict[str, Any]
-        if dense is not None and sparse is not None:
+        rrf = models.RrfQuery(rrf=models.Rrf(k=RRF_K))
+        fuse = rrf if fusion == "rrf" else models.FusionQuery(fusion=models.Fusion.DBSF)
+
+        def candidate_lists(flt: models.Filter | None) -> list[models.Prefetch]:
             candidates = prefetch_limit or 4 * limit
-            query = {
-                "prefetch": [
-                    models.Prefetch(query=dense, using=DENSE, filter=server_filter, limit=candidates),
-                    models.Prefetch(
-                        query=_sparse(sparse), using=SPARSE, filter=server_filter, limit=candidates, params=_LIVE_IDF
-                    ),
-                ],
-                "query": (
-                    models.RrfQuery(rrf=models.Rrf(k=RRF_K))
-                    if fusion == "rrf"
-                    else models.FusionQuery(fusion=models.Fusion.DBSF)
-                ),
-            }
+            return [
+                models.Prefetch(query=dense, using=DENSE, filter=flt, limit=candidates),
+                models.Prefetch(query=_sparse(sparse), using=SPARSE, filter=flt, limit=candidates, params=_LIVE_IDF),
+            ]
+
+        def ranking(flt: models.Filter | None) -> models.Prefetch:
+            if dense is not None and sparse is not None:
+                return models.Prefetch(prefetch=candidate_lists(flt), query=fuse, filter=flt, limit=limit)
+            if dense is not None:
+                return models.Prefetch(query=dense, using=DENSE, filter=flt, limit=limit)
+            return models.Prefetch(query=_sparse(sparse), using=SPARSE, filter=flt, limit=limit, params=_LIVE_IDF)
+
+        query: dict[str, Any]
+        if prefer is not None:
+            preferred = _optional_filter((filter or Filter()).and_(prefer))
+            query = {"prefetch": [ranking(server_filter), ranking(preferred)], "query": rrf}
+        elif dense is not None and sparse is not None:
+            query = {"prefetch": candidate_lists(server_filter), "query": fuse}
         elif dense is not None:
             query = {"query": dense, "using": DENSE}
         else:

@@ -25,6 +25,7 @@ from qdrant_client import QdrantClient
 from core.errors import NotFoundError, VectorStoreError
 from core.settings import Settings
 from core.vectorstore import (
+    RRF_K,
     CollectionSpec,
     Filter,
     HasId,
@@ -425,6 +426,39 @@ def test_backends_rank_alike(both: tuple[VectorStore, VectorStore], fusion: str)
     empty = ENCODER.embed_query("and the")
     kwargs = dict(dense=dense, sparse=empty, limit=10, fusion=fusion)
     assert_same_hits(edge.search(COLLECTION, **kwargs), server.search(COLLECTION, **kwargs))
+
+
+@pytest.mark.parametrize("fusion", ["rrf", "dbsf"])
+def test_prefer_fuses_the_preferred_ranking_with_the_whole_one(
+    both: tuple[VectorStore, VectorStore], fusion: str
+) -> None:
+    """`prefer` is two rankings, with and without it, fused by reciprocal rank in one query:
+    the same as fusing here the two searches it stands for."""
+    points = make_points(120, seed=12)
+    stores = [loaded(store, points) for store in both]
+    rng = np.random.default_rng(6)
+    scope = Filter(must=[Match(key="tenant", value="t1")])
+    prefer = Filter(must=[MatchAny(key="doc_id", any=["doc2", "doc5"])])
+    for _ in range(3):
+        dense = rng.standard_normal(DIMS).tolist()
+        sparse = ENCODER.embed_query(" ".join(rng.choice(VOCABULARY, size=3)))
+        for vectors in ({"dense": dense}, {"dense": dense, "sparse": sparse}):
+            results = []
+            for store in stores:
+                kwargs = dict(limit=10, prefetch_limit=20, fusion=fusion, **vectors)
+                fused = store.search(COLLECTION, filter=scope, prefer=prefer, **kwargs)
+                whole = store.search(COLLECTION, filter=scope, **kwargs)
+                preferred = store.search(COLLECTION, filter=scope.and_(prefer), **kwargs)
+                expected: dict[str, float] = {}
+                for ranking in (whole, preferred):
+                    for rank, hit in enumerate(ranking):
+                        expected[hit.id] = expected.get(hit.id, 0.0) + 1 / (RRF_K + rank)
+                top = sorted(expected, key=lambda point_id: (-expected[point_id], point_id))[:10]
+                assert [hit.id for hit in fused] == top
+                assert [hit.score for hit in fused] == pytest.approx([expected[i] for i in top], rel=1e-4)
+                assert {h.id for h in preferred} & {h.id for h in fused[:3]}, "the preferred rank first"
+                results.append(fused)
+            assert_same_hits(*results)
 
 
 def test_sparse_idf_counts_live_points_only(both: tuple[VectorStore, VectorStore]) -> None:

@@ -26,8 +26,10 @@ class RecordingSearch(FetchContext):
         self.values = values or {}
         self.calls: list[dict[str, Any]] = []
 
-    def search(self, text, *, limit, mode="hybrid", fusion="rrf", filter=None, sparse_text=None):
-        self.calls.append({"text": text, "limit": limit, "mode": mode, "filter": filter, "sparse_text": sparse_text})
+    def search(self, text, *, limit, mode="hybrid", fusion="rrf", filter=None, prefer=None, sparse_text=None):
+        self.calls.append(
+            {"text": text, "limit": limit, "mode": mode, "filter": filter, "prefer": prefer, "sparse_text": sparse_text}
+        )
         return [Candidate(**{**c.__dict__, "notes": list(c.notes)}) for c in self.candidates[:limit]]
 
     def known_values(self, key, limit=1000):

@@ -187,7 +187,7 @@ def test_fetch_moves_abstracts_of_the_named_design_up() -> None:
 class WithinDocumentSearch(RecordingSearch):
     """Honours a `doc_id` filter and ranks by position, as the collection's search does."""
 
-    def search(self, text, *, limit, mode="hybrid", fusion="rrf", filter=None, sparse_text=None):
+    def search(self, text, *, limit, mode="hybrid", fusion="rrf", filter=None, prefer=None, sparse_text=None):
         hits = super().search(text, limit=len(self.candidates), mode=mode, fusion=fusion, filter=filter)
         docs = {m.value for m in filter.must} if filter else None
         hits = [c for c in hits if docs is None or c.doc_id in docs][:limit]

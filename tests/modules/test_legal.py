@@ -134,9 +134,8 @@ def test_a_title_alone_ranks_its_contracts_first_without_excluding_others() -> N
     by_title, other = make_candidate(0, GOVERNING, meta=META_GOLF), make_candidate(1, AUDIT, meta=META_ESCROW)
     search = RecordingSearch([by_title, other], values=KNOWN)
     candidates = module.fetch(query, search)
-    assert [c["filter"].must if c["filter"] else None for c in search.calls] == [
-        [MatchAny(key=TITLE_KEY, any=["endorsement agreement"])], None
-    ]
+    [call] = search.calls
+    assert call["filter"] is None and call["prefer"].must == [MatchAny(key=TITLE_KEY, any=["endorsement agreement"])]
     assert query.notes["contract_preference"] == ["endorsement agreement"] and query.filter is None
     filtered = module.filter(query, module.normalize(query, candidates))
     assert all(c.kept for c in filtered), "a title-only match must not drop other contracts"

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import random
+import re
 from datetime import date
 
 import pytest
 
 from modules.normalize import (
+    _AMOUNT,
+    _AMOUNT_BODY,
+    _NEEDLES,
+    _PERIOD_PATTERNS,
+    _SCALE_HEADER,
+    _SCALE_WORDS,
     annotate_amounts,
     annotate_dates,
     annotate_periods,
@@ -150,3 +158,43 @@ def test_abbreviations_are_expanded_once() -> None:
     text, notes = expand_abbreviations("EPS rose and SG&A fell; EPS again.")
     assert text == "EPS (earnings per share) rose and SG&A (selling, general and administrative expenses) fell; EPS again."
     assert notes == ["expanded EPS, SG&A"]
+
+
+def test_the_amount_pattern_s_lookahead_only_skips_positions_where_no_amount_starts() -> None:
+    """`_AMOUNT_START` is a speed-up: with and without it, the pattern finds the same spans."""
+    plain = re.compile(_AMOUNT_BODY, re.IGNORECASE)
+    rng = random.Random(0)
+    pieces = list("0123456789 ,.$()-−–€£¥%\n\t") + "USD EUR GBP JPY usd eur k m b million billion percent dollars US$ uq".split()
+    for _ in range(5000):
+        text = "".join(rng.choice(pieces) for _ in range(rng.randint(1, 20)))
+        assert [m.span() for m in _AMOUNT.finditer(text)] == [m.span() for m in plain.finditer(text)], text
+
+
+def test_every_period_pattern_s_needle_is_in_whatever_it_matches() -> None:
+    """`find_periods` skips a pattern whose needle the text lacks: that must never skip a match."""
+    rng = random.Random(1)
+    pieces = (
+        "Q 1 2 3 4 H q h FY fy ' - of fiscal year years ended as first second third fourth 1st 4th quarter half "
+        "December 31, 2018 2023 23 '18 Sept."
+    ).split() + [" ", " ", "\n", "-"]
+    for _ in range(20000):
+        text = "".join(rng.choice(pieces) + rng.choice(["", " "]) for _ in range(rng.randint(1, 10)))
+        for _kind, needle, pattern in _PERIOD_PATTERNS:
+            if pattern.search(text):
+                assert _NEEDLES[needle].search(text), (needle, text)
+        if _SCALE_HEADER.search(text):
+            assert _SCALE_WORDS.search(text), text
+
+
+def test_the_needles_change_nothing_on_a_real_filing(eval_dir) -> None:
+    text = (eval_dir / "financebench" / "corpus" / "3M_2018_10K.txt").read_text()[:300_000]
+    for start in range(0, len(text), 1500):
+        chunk = text[start : start + 1500]
+        expected = sorted(
+            (m.start(), m.end()) for _kind, _needle, pattern in _PERIOD_PATTERNS for m in pattern.finditer(chunk)
+        )
+        found = sorted(
+            (m.start(), m.end()) for _kind, needle, pattern in _PERIOD_PATTERNS
+            if _NEEDLES[needle].search(chunk) for m in pattern.finditer(chunk)
+        )
+        assert found == expected

@@ -26,7 +26,11 @@ near-duplicates of the gold documents, so its recall figures do not.
 
 Metrics: recall@5 and @10 of the gold document; for FinanceBench also of the gold page,
 for CUAD of the gold clause text; MRR@10 of the gold document; p50/p95 latency of the module
-stages (analyze, fetch, normalize, filter; the question's embedding excluded).
+stages (analyze, fetch, normalize, filter; the question's embedding excluded), warm: up to
+`WARMUP_QUESTIONS` dev questions that are not measured go through the same stages first,
+untimed, as a running service's earlier requests would (the first queries on a freshly
+opened index page it in and fill the facet cache: 0.2-0.8 s for the very first at 100k
+chunks, 10-20 ms for the next ones, against 3-5 ms warm).
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 from bench.common import EVAL_DIR, REPO, RESULTS_DIR
@@ -50,6 +55,9 @@ SETS = {
 }
 DATA_DIR = REPO / "bench" / ".data"
 TENANT = "eval"
+# Dev questions outside the measured ones, run through each module's stages before it is
+# timed: latency is the service's steady state (index paged in, facet cache filled).
+WARMUP_QUESTIONS = 50
 _WS = re.compile(r"\s+")
 _WORD = re.compile(r"\w+")
 
@@ -244,10 +252,15 @@ def _page_hit(candidate, evidence: list[dict]) -> bool:
     )
 
 
-def evaluate(index: EvalIndex, module, questions: list[dict], k: int = 10) -> dict[str, Any]:
+def evaluate(
+    index: EvalIndex, module, questions: list[dict], k: int = 10, warmup: Sequence[dict] = ()
+) -> dict[str, Any]:
+    """Rank every question's curated chunks; the `warmup` questions run first, untimed."""
     from retrieval.curate import curate, for_search
 
     module = for_search(module, k)
+    for q in warmup:
+        curate(module, q["question"], index.search_context())
     results: list[QuestionResult] = []
     for q in questions:
         ctx = index.search_context()
@@ -275,7 +288,7 @@ def evaluate(index: EvalIndex, module, questions: list[dict], k: int = 10) -> di
                 has_clauses=has_clauses,
             )
         )
-    return summarize(results, k)
+    return {**summarize(results, k), "warmup_questions": len(warmup)}
 
 
 def _recall(ranks: list[int | None], k: int) -> float:
@@ -315,11 +328,14 @@ def summarize(results: list[QuestionResult], k: int) -> dict[str, Any]:
     return out
 
 
-def dev_questions(set_name: str, limit: int | None = None) -> list[dict]:
+def all_dev_questions(set_name: str) -> list[dict]:
     from retrieval.evaluation import load_questions
 
-    rows = load_questions(EVAL_DIR / set_name / "dev.jsonl")
-    return [q for q in rows if q["answerable"] and q["doc_ids"]][:limit]
+    return load_questions(EVAL_DIR / set_name / "dev.jsonl")
+
+
+def dev_questions(set_name: str, limit: int | None = None) -> list[dict]:
+    return [q for q in all_dev_questions(set_name) if q["answerable"] and q["doc_ids"]][:limit]
 
 
 def corpus_files(set_name: str, questions: list[dict], distractors: int | None) -> list[Path]:
@@ -365,9 +381,11 @@ def run_set(
                 index.store.optimize(index.vector_name)
                 report["optimize_s"] = round(time.perf_counter() - began, 1)
             report["chunks"] = index.store.count(index.vector_name)
+        measured = {q["id"] for q in questions}
+        warmup = [q for q in all_dev_questions(set_name) if q["id"] not in measured][:WARMUP_QUESTIONS]
         generic = module_class("generic")(module_class("generic").config_model(retrieval="dense"))
-        report["generic_dense"] = evaluate(index, generic, questions, k)
-        report[index.module.key] = evaluate(index, index.module, questions, k)
+        report["generic_dense"] = evaluate(index, generic, questions, k, warmup)
+        report[index.module.key] = evaluate(index, index.module, questions, k, warmup)
     finally:
         index.close()
         shutil.rmtree(padded, ignore_errors=True)

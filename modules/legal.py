@@ -259,12 +259,16 @@ def _filename_title(filename: str) -> str | None:
 
 
 def _filename_filer(filename: str) -> str | None:
-    """EDGAR exhibit names start with the filer: "ADAMSGOLFINC_03_21_2005-EX-10.17-..." -> "adamsgolf"."""
+    """EDGAR exhibit names start with the filer: "ADAMSGOLFINC_03_21_2005-EX-10.17-..." -> "adamsgolf",
+    "BLUEROCKRESIDENTIALGROWTHREIT_INC_06_01_2016-..." -> "bluerockresidentialgrowthreit"; other
+    exhibits "Antares_Pharma_Inc._-_Manufacturing_Agreement" -> "antarespharma"."""
     stem = re.sub(r"^cuad_", "", PurePath(filename).stem, flags=re.I)
-    m = re.match(r"([A-Za-z0-9][A-Za-z0-9]{2,60}?)_?(?:\d{2}_\d{2}_\d{4}|\d{8})", stem)
+    m = re.match(r"([A-Za-z0-9][A-Za-z0-9_.-]{2,80}?)_*(?:\d{2}_\d{2}_\d{4}|\d{8})", stem) or re.match(
+        r"([A-Za-z0-9][A-Za-z0-9_.,&-]{2,80}?)_-_", stem  # "Antares_Pharma_Inc._-_Manufacturing_Agreement"
+    )
     if not m:
         return None
-    key = m.group(1).lower()
+    key = re.sub(r"[^a-z0-9]", "", m.group(1).lower())
     for suffix in ("incorporated", "corporation", "company", "corp", "inc", "plc", "ltd", "llc", "lp", "co", "sa", "ag", "nv"):
         if key.endswith(suffix) and len(key) > len(suffix) + 2:
             key = key[: -len(suffix)]
@@ -327,7 +331,7 @@ class LegalModule(DomainModule[LegalConfig]):
     )
     config_model = LegalConfig
     payload_indexes = {TITLE_KEY: IndexType.KEYWORD, PARTIES_KEY: IndexType.KEYWORD, "meta.agreement_type": IndexType.KEYWORD}
-    enrich_version = "legal-1"
+    enrich_version = "legal-2"
     route_examples = [
         "Which state's law governs the distribution agreement?",
         "Does a party have the right to audit the books and records of the counterparty?",

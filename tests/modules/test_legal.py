@@ -9,7 +9,7 @@ import pytest
 
 from core.vectorstore import MatchAny
 from modules.base import Candidate
-from modules.legal import PARTIES_KEY, TITLE_KEY, LegalModule, clause_terms, parse_question
+from modules.legal import PARTIES_KEY, TITLE_KEY, LegalModule, _filename_filer, clause_terms, parse_question
 from tests.modules.contract import ModuleContract, RecordingSearch, make_candidate
 
 pytestmark = pytest.mark.unit
@@ -163,3 +163,34 @@ def test_normalize_annotates_dates() -> None:
     module = LegalModule()
     [c] = module.normalize(module.analyze(QUESTION), [make_candidate(0, PREAMBLE)])
     assert "June 21, 1999 [= 1999-06-21]" in c.model_text and c.text == PREAMBLE
+
+
+@pytest.mark.parametrize(
+    ("filename", "filer"),
+    [
+        ("cuad_ADAMSGOLFINC_03_21_2005-EX-10.17-ENDORSEMENT AGREEMENT.txt", "adamsgolf"),
+        ("cuad_BLUEROCKRESIDENTIALGROWTHREIT_INC_06_01_2016-EX-1.1-AGENCY_AGREEMENT.txt", "bluerockresidentialgrowthreit"),
+        ("cuad_OLDAPIWIND-DOWNLTD_01_08_2016-EX-1.3-AGENCY_AGREEMENT2.txt", "oldapiwinddown"),
+        ("cuad_PhotronicsInc_20171219_10-QA_EX-10.28_10982650_EX-10.28_Supply Agreement.txt", "photronics"),
+        ("cuad_Antares_Pharma_Inc._-_Manufacturing_Agreement.txt", "antarespharma"),
+        ("supply-agreement-final.txt", None),
+    ],
+)
+def test_the_filer_is_read_from_an_exhibit_s_filename(filename: str, filer: str | None) -> None:
+    assert _filename_filer(filename) == filer
+
+
+def test_a_contract_without_a_between_clause_is_found_by_its_filer() -> None:
+    """Bluerock's agency agreement names its parties in a letter, not "by and between": the
+    filer in its filename is what the question's party names match."""
+    module = LegalModule()
+    name = "cuad_BLUEROCKRESIDENTIALGROWTHREIT_INC_06_01_2016-EX-1.1-AGENCY_AGREEMENT.txt"
+    meta = module.enrich("AGENCY AGREEMENT\n\nMay 25, 2016\n\nDear Ladies and Gentlemen:", name, {})
+    query = module.analyze(
+        "In the AGENCY AGREEMENT between Bluerock Residential Growth REIT, Inc. and Bluerock Residential Holdings, "
+        "L.P.: Is consent or notice required of a party if the contract is assigned to a third party?"
+    )
+    known = {PARTIES_KEY: {key: 1 for key in meta["party_keys"]}}
+    search = RecordingSearch([make_candidate(0, "Assignment.", meta=meta)], values=known)
+    module.fetch(query, search)
+    assert search.calls[0]["filter"].must[0].any == ["bluerockresidentialgrowthreit"]

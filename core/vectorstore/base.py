@@ -29,6 +29,11 @@ SPARSE = "sparse"
 # candidate list scores 1 / (RRF_K + r - 1). 60 is the value of the original RRF paper;
 # Qdrant's own default (2) lets the top rank of one list dominate.
 RRF_K = 60
+# Candidates an HNSW search keeps while walking the graph. Contracts of one kind repeat each
+# other's clauses, which makes the graph hard to walk: on CUAD's 45k chunks, dense-only
+# gold-document recall@10 was 0.931 by exact search, 0.872 with Qdrant's default ef (100),
+# 0.903 with 256, 0.922 with 512 and 0.928 with 1024 (p50 of the stages 10.0, 10.4, 12.9 ms).
+HNSW_EF = 512
 
 
 @dataclass(frozen=True)

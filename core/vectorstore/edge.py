@@ -52,6 +52,7 @@ import qdrant_edge as qe
 from core.errors import NotFoundError, VectorStoreError
 from core.vectorstore.base import (
     DENSE,
+    HNSW_EF,
     RRF_K,
     SPARSE,
     CollectionSpec,
@@ -89,6 +90,7 @@ _RETIRED_DIR = ".retired"
 # let request threads run in between.
 _UPSERT_SLICE = 256
 _LIVE_IDF = qe.SearchParams(idf=qe.IdfParams(corpus=qe.Filter()))
+_DENSE_PARAMS = qe.SearchParams(hnsw_ef=HNSW_EF)
 
 
 def _index_schema(index_type: IndexType, *, is_tenant: bool) -> Any:
@@ -370,13 +372,13 @@ class EdgeVectorStore(VectorStore):
         hybrid = dense_query is not None and sparse_query is not None
         fuse = qe.Fusion.Rrf(k=RRF_K) if fusion == "rrf" else qe.Fusion.Dbsf()
         single_query = dense_query if dense_query is not None else sparse_query
-        single_params = None if dense_query is not None else _LIVE_IDF
+        single_params = _DENSE_PARAMS if dense_query is not None else _LIVE_IDF
         with_vector = [DENSE] if with_vectors else False
 
         def candidate_lists(flt: qe.Filter | None) -> list[qe.Prefetch]:
             candidates = prefetch_limit or 4 * limit
             return [
-                qe.Prefetch(limit=candidates, query=dense_query, filter=flt),
+                qe.Prefetch(limit=candidates, query=dense_query, filter=flt, params=_DENSE_PARAMS),
                 qe.Prefetch(limit=candidates, query=sparse_query, filter=flt, params=_LIVE_IDF),
             ]
 

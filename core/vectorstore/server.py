@@ -21,6 +21,7 @@ from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedR
 from core.errors import NotFoundError, VectorStoreError
 from core.vectorstore.base import (
     DENSE,
+    HNSW_EF,
     RRF_K,
     SPARSE,
     CollectionSpec,
@@ -45,6 +46,7 @@ from core.vectorstore.base import (
 # Points per request, well under the server's 32 MB request limit at 384 dims.
 _UPSERT_BATCH = 256
 _LIVE_IDF = models.SearchParams(idf=models.IdfCorpusParams(corpus=models.Filter()))
+_DENSE_PARAMS = models.SearchParams(hnsw_ef=HNSW_EF)
 _SCHEMA_TYPES = {
     IndexType.KEYWORD: models.PayloadSchemaType.KEYWORD,
     IndexType.INTEGER: models.PayloadSchemaType.INTEGER,
@@ -220,7 +222,7 @@ class ServerVectorStore(VectorStore):
         def candidate_lists(flt: models.Filter | None) -> list[models.Prefetch]:
             candidates = prefetch_limit or 4 * limit
             return [
-                models.Prefetch(query=dense, using=DENSE, filter=flt, limit=candidates),
+                models.Prefetch(query=dense, using=DENSE, filter=flt, limit=candidates, params=_DENSE_PARAMS),
                 models.Prefetch(query=_sparse(sparse), using=SPARSE, filter=flt, limit=candidates, params=_LIVE_IDF),
             ]
 
@@ -228,7 +230,7 @@ class ServerVectorStore(VectorStore):
             if dense is not None and sparse is not None:
                 return models.Prefetch(prefetch=candidate_lists(flt), query=fuse, filter=flt, limit=limit)
             if dense is not None:
-                return models.Prefetch(query=dense, using=DENSE, filter=flt, limit=limit)
+                return models.Prefetch(query=dense, using=DENSE, filter=flt, limit=limit, params=_DENSE_PARAMS)
             return models.Prefetch(query=_sparse(sparse), using=SPARSE, filter=flt, limit=limit, params=_LIVE_IDF)
 
         query: dict[str, Any]
@@ -238,7 +240,7 @@ class ServerVectorStore(VectorStore):
         elif dense is not None and sparse is not None:
             query = {"prefetch": candidate_lists(server_filter), "query": fuse}
         elif dense is not None:
-            query = {"query": dense, "using": DENSE}
+            query = {"query": dense, "using": DENSE, "search_params": _DENSE_PARAMS}
         else:
             query = {"query": _sparse(sparse), "using": SPARSE, "search_params": _LIVE_IDF}
 

@@ -35,6 +35,7 @@ from core.vectorstore.server import ServerVectorStore
 pytestmark = [
     pytest.mark.integration,
     pytest.mark.filterwarnings("ignore:Payload indexes have no effect in the local Qdrant"),
+    pytest.mark.filterwarnings("ignore:Local mode performs exact"),  # the HNSW ef: nothing to tune there
 ]
 
 DIMS = 16

@@ -47,6 +47,7 @@ from core.vectorstore.sparse import Bm25Encoder
 pytestmark = [
     pytest.mark.integration,
     pytest.mark.filterwarnings("ignore:Payload indexes have no effect in the local Qdrant"),
+    pytest.mark.filterwarnings("ignore:Local mode performs exact"),  # the HNSW ef: nothing to tune there
     # open_vector_store's client checks the server version in a thread; no server is up here.
     pytest.mark.filterwarnings("ignore:Failed to obtain server version"),
 ]

@@ -40,9 +40,9 @@ import json
 import re
 import statistics
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Sequence
 from typing import Any
 
 from bench.common import EVAL_DIR, REPO, RESULTS_DIR

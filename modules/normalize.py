@@ -252,31 +252,28 @@ _YEAR = r"(?:19|20)\d\d"
 _Y = rf"(?:{_YEAR}|'?\d\d)"  # 2018, '18, 18
 # What each period pattern cannot match without: a quick search for it spares the pattern's
 # scan of a text that has none (most chunks name no quarter or half).
-_NEEDLES = {
-    key: re.compile(needle, re.I)
-    for key, needle in {
-        "q": r"q[1-4]", "1q": r"[1-4]q", "quarter": "quarter", "half_h": r"h[12]|[12]h", "half": "half",
-        "fy": "fy", "fiscal": "fiscal", "ended": "ended", "as of": r"as\s+of",
-    }.items()
-}
-_PERIOD_PATTERNS: list[tuple[str, str, re.Pattern[str]]] = [
+_Q_DIGIT, _DIGIT_Q = re.compile(r"q[1-4]", re.I), re.compile(r"[1-4]q", re.I)
+_QUARTER, _HALF = re.compile("quarter", re.I), re.compile("half", re.I)
+_H_DIGIT = re.compile(r"h[12]|[12]h", re.I)
+_FY, _FISCAL, _ENDED, _AS_OF = (re.compile(n, re.I) for n in ("fy", "fiscal", "ended", r"as\s+of"))
+_PERIOD_PATTERNS: list[tuple[str, re.Pattern[str], re.Pattern[str]]] = [
     # quarters: "Q2 2023", "Q2'2023", "Q2 of FY2023", "Q2 FY23", "2023 Q1", "FY2023Q1", "2Q23"
-    ("quarter", "q", re.compile(rf"\bQ(?P<q>[1-4])\s*(?:of\s+)?(?:FY|fiscal(?:\s+year)?)?\s*'?(?P<y>{_Y})\b", re.I)),
-    ("quarter", "q", re.compile(rf"\b(?:FY|fiscal(?:\s+year)?)?\s*(?P<y>{_YEAR})\s*-?\s*Q(?P<q>[1-4])\b", re.I)),
-    ("quarter", "1q", re.compile(rf"\b(?P<q>[1-4])Q\s*'?(?P<y>{_Y})\b", re.I)),
-    ("quarter", "quarter", re.compile(
+    ("quarter", _Q_DIGIT, re.compile(rf"\bQ(?P<q>[1-4])\s*(?:of\s+)?(?:FY|fiscal(?:\s+year)?)?\s*'?(?P<y>{_Y})\b", re.I)),
+    ("quarter", _Q_DIGIT, re.compile(rf"\b(?:FY|fiscal(?:\s+year)?)?\s*(?P<y>{_YEAR})\s*-?\s*Q(?P<q>[1-4])\b", re.I)),
+    ("quarter", _DIGIT_Q, re.compile(rf"\b(?P<q>[1-4])Q\s*'?(?P<y>{_Y})\b", re.I)),
+    ("quarter", _QUARTER, re.compile(
         rf"\b(?P<qw>first|second|third|fourth|1st|2nd|3rd|4th)[\s-]+(?:fiscal\s+)?quarter\s+(?:of\s+)?(?:fiscal\s+(?:year\s+)?|FY\s*)?(?P<y>{_YEAR})\b",
         re.I)),
-    ("quarter", "quarter", re.compile(
+    ("quarter", _QUARTER, re.compile(
         rf"\b(?P<y>{_YEAR})\s+(?P<qw>first|second|third|fourth)[\s-]+quarter\b", re.I)),
     # halves: "H1 FY2023", "1H23", "first half of 2023"
-    ("half", "half_h", re.compile(rf"\b(?:H(?P<h>[12])|(?P<h2>[12])H)\s*(?:of\s+)?(?:FY|fiscal\s+)?\s*'?(?P<y>{_Y})\b", re.I)),
-    ("half", "half", re.compile(rf"\b(?P<hw>first|second)\s+half\s+(?:of\s+)?(?:fiscal\s+(?:year\s+)?|FY\s*)?(?P<y>{_YEAR})\b", re.I)),
+    ("half", _H_DIGIT, re.compile(rf"\b(?:H(?P<h>[12])|(?P<h2>[12])H)\s*(?:of\s+)?(?:FY|fiscal\s+)?\s*'?(?P<y>{_Y})\b", re.I)),
+    ("half", _HALF, re.compile(rf"\b(?P<hw>first|second)\s+half\s+(?:of\s+)?(?:fiscal\s+(?:year\s+)?|FY\s*)?(?P<y>{_YEAR})\b", re.I)),
     # years: "FY2018", "FY 18", "FY'18", "fiscal 2018", "fiscal year 2018", "fiscal year ended December 31, 2018"
-    ("year", "fy", re.compile(rf"\bFY\s*'?(?P<y>{_YEAR}|\d\d)\b", re.I)),
-    ("year", "fiscal", re.compile(rf"\bfiscal\s+(?:year\s+)?(?P<y>{_YEAR})\b", re.I)),
-    ("year", "ended", re.compile(rf"\b(?:fiscal\s+)?years?\s+ended\s+(?:{_MONTH}\s+\d{{1,2}},?\s+)?(?P<y>{_YEAR})\b", re.I)),
-    ("year", "as of", re.compile(rf"\bas\s+of\s+(?:{_MONTH}\s+\d{{1,2}},?\s+)?(?P<y>{_YEAR})\b", re.I)),
+    ("year", _FY, re.compile(rf"\bFY\s*'?(?P<y>{_YEAR}|\d\d)\b", re.I)),
+    ("year", _FISCAL, re.compile(rf"\bfiscal\s+(?:year\s+)?(?P<y>{_YEAR})\b", re.I)),
+    ("year", _ENDED, re.compile(rf"\b(?:fiscal\s+)?years?\s+ended\s+(?:{_MONTH}\s+\d{{1,2}},?\s+)?(?P<y>{_YEAR})\b", re.I)),
+    ("year", _AS_OF, re.compile(rf"\bas\s+of\s+(?:{_MONTH}\s+\d{{1,2}},?\s+)?(?P<y>{_YEAR})\b", re.I)),
 ]
 _BARE_YEAR = re.compile(rf"(?<![\d$.,])(?P<y>{_YEAR})(?![\d%])")
 
@@ -314,10 +311,10 @@ def find_periods(text: str, *, bare_years: bool = True) -> list[Period]:
     def overlaps(s: int, e: int) -> bool:
         return any(p.start < e and s < p.end for p in found)
 
-    present: dict[str, bool] = {}
+    present: dict[re.Pattern[str], bool] = {}
     for kind, needle, pattern in _PERIOD_PATTERNS:
         if needle not in present:
-            present[needle] = _NEEDLES[needle].search(text) is not None
+            present[needle] = needle.search(text) is not None
         if not present[needle]:
             continue
         for m in pattern.finditer(text):

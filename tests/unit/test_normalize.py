@@ -11,7 +11,6 @@ import pytest
 from modules.normalize import (
     _AMOUNT,
     _AMOUNT_BODY,
-    _NEEDLES,
     _PERIOD_PATTERNS,
     _SCALE_HEADER,
     _SCALE_WORDS,
@@ -181,7 +180,7 @@ def test_every_period_pattern_s_needle_is_in_whatever_it_matches() -> None:
         text = "".join(rng.choice(pieces) + rng.choice(["", " "]) for _ in range(rng.randint(1, 10)))
         for _kind, needle, pattern in _PERIOD_PATTERNS:
             if pattern.search(text):
-                assert _NEEDLES[needle].search(text), (needle, text)
+                assert needle.search(text), (needle.pattern, text)
         if _SCALE_HEADER.search(text):
             assert _SCALE_WORDS.search(text), text
 
@@ -195,6 +194,6 @@ def test_the_needles_change_nothing_on_a_real_filing(eval_dir) -> None:
         )
         found = sorted(
             (m.start(), m.end()) for _kind, needle, pattern in _PERIOD_PATTERNS
-            if _NEEDLES[needle].search(chunk) for m in pattern.finditer(chunk)
+            if needle.search(chunk) for m in pattern.finditer(chunk)
         )
         assert found == expected

@@ -23,9 +23,11 @@ What the design rests on, measured on qdrant-edge-py 0.9.0:
   ones once an HNSW index holds them, and deleted points until they are vacuumed.
 - `MatchValue(True)` is read as the integer 1 (bool is an int subclass): filters pass
   `numpy.bool_`, which the bindings read as a boolean.
-- Global sparse IDF counts deleted and overwritten points until they are vacuumed; sparse
-  queries ask for statistics over the live points instead (`IdfParams(corpus=...)`,
-  +1.8 ms per query at 100k points).
+- Global sparse IDF counts deleted and overwritten points until they are vacuumed. Statistics
+  over the live points (`IdfParams(corpus=...)`) cost 1-1.5 ms per sparse candidate list at
+  100k points, so sparse queries ask for them only while the shard may hold such points: from
+  its first write after an `optimize` (whose settings vacuum every deleted point; the engine's
+  default leaves segments under 20% deleted) until the next one.
 """
 
 from __future__ import annotations
@@ -80,6 +82,9 @@ T = TypeVar("T")
 _NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 SPEC_FILE = "collection.json"
 SHARD_DIR = "shard"
+# Beside the shard while it holds no deleted or overwritten points: written by `optimize`,
+# removed before any write.
+VACUUMED_FILE = "vacuumed"
 _DROPPED_PREFIX = ".dropped-"
 # Beside a collection's shard while `optimize` runs: the copy being optimized, the copy
 # ready to swap in (its name is the commit point), the shard swapped out.
@@ -90,6 +95,8 @@ _RETIRED_DIR = ".retired"
 # let request threads run in between.
 _UPSERT_SLICE = 256
 _LIVE_IDF = qe.SearchParams(idf=qe.IdfParams(corpus=qe.Filter()))
+# `optimize` vacuums every segment that holds a deleted point.
+_VACUUM_ALL = {"deleted_threshold": 0.0, "vacuum_min_vector_number": 1}
 _DENSE_PARAMS = qe.SearchParams(hnsw_ef=HNSW_EF)
 
 
@@ -157,6 +164,15 @@ def _engine_point(point: Point) -> qe.Point:
     return qe.Point(id=point.id, vector=vectors, payload=point.payload)
 
 
+def _engine_config(spec: CollectionSpec, indexing_threshold_kb: int | None = None) -> qe.EdgeConfig:
+    """The shard's settings; `indexing_threshold_kb` None keeps the shard's own."""
+    return qe.EdgeConfig(
+        vectors={DENSE: qe.EdgeVectorParams(size=spec.dims, distance=qe.Distance.Cosine)},
+        sparse_vectors={SPARSE: qe.EdgeSparseVectorParams(modifier=qe.Modifier.Idf)} if spec.sparse else None,
+        optimizers=qe.EdgeOptimizersConfig(indexing_threshold=indexing_threshold_kb, **_VACUUM_ALL),
+    )
+
+
 def _fsync(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -194,6 +210,7 @@ class _Collection:
     last_flush: float = field(default_factory=time.monotonic)
     closed: bool = False
     version: int = 0  # from the store's counter: changes with every write, never repeats
+    vacuumed: bool = False  # no deleted or overwritten points: global IDF statistics are exact
 
     @property
     def wal_dir(self) -> Path:
@@ -290,6 +307,7 @@ class EdgeVectorStore(VectorStore):
         engine_points = [_engine_point(point) for point in points]
         collection = self._get(name)
         with self._writing(collection):
+            self._soil(collection)
             for start in range(0, len(engine_points), _UPSERT_SLICE):
                 operation = qe.UpdateOperation.upsert_points(engine_points[start : start + _UPSERT_SLICE])
                 self._call(collection, lambda: collection.shard.update(operation))
@@ -299,6 +317,7 @@ class EdgeVectorStore(VectorStore):
         operation = qe.UpdateOperation.set_payload_by_filter(_engine_filter(filter), payload)
         collection = self._get(name)
         with self._writing(collection):
+            self._soil(collection)
             self._call(collection, lambda: collection.shard.update(operation))
             self._commit(collection)
 
@@ -306,11 +325,14 @@ class EdgeVectorStore(VectorStore):
         operation = qe.UpdateOperation.delete_points_by_filter(_engine_filter(filter))
         collection = self._get(name)
         with self._writing(collection):
+            self._soil(collection)
             self._call(collection, lambda: collection.shard.update(operation))
             self._commit(collection)
 
     def optimize(self, name: str) -> bool:
-        """Build HNSW indexes and vacuum deleted points; True if anything changed.
+        """Build HNSW indexes and vacuum deleted points (every segment that holds one is
+        rewritten, so that sparse queries can use the global IDF statistics until the next
+        write); True if anything changed.
 
         The engine holds the GIL while it optimizes (on two cores: 80-140 s for 100k chunks
         of 384 dims, 283 s for 100k random vectors), so a child process optimizes a copy of
@@ -330,16 +352,19 @@ class EdgeVectorStore(VectorStore):
             except BaseException:
                 shutil.rmtree(copy, ignore_errors=True)
                 raise
-            if not changed:
+            if changed:
+                os.replace(copy, collection.path / _OPTIMIZED_DIR)
+                _fsync(collection.path)
+                _finish_optimize(collection.path)
+                # Searches that already hold the old shard finish on it; it closes when released.
+                collection.shard = self._engine(lambda: qe.EdgeShard.load(str(collection.path / SHARD_DIR)))
+                shutil.rmtree(collection.path / _RETIRED_DIR, ignore_errors=True)
+            else:
                 shutil.rmtree(copy)
-                return False
-            os.replace(copy, collection.path / _OPTIMIZED_DIR)
+            (collection.path / VACUUMED_FILE).touch()
             _fsync(collection.path)
-            _finish_optimize(collection.path)
-            # Searches that already hold the old shard finish on it; it closes when released.
-            collection.shard = self._engine(lambda: qe.EdgeShard.load(str(collection.path / SHARD_DIR)))
-            shutil.rmtree(collection.path / _RETIRED_DIR, ignore_errors=True)
-            return True
+            collection.vacuumed = True
+            return changed
 
     def indexed_vectors(self, name: str) -> int:
         """The engine's count of indexed vectors: every sparse vector, and the dense ones an
@@ -372,14 +397,16 @@ class EdgeVectorStore(VectorStore):
         hybrid = dense_query is not None and sparse_query is not None
         fuse = qe.Fusion.Rrf(k=RRF_K) if fusion == "rrf" else qe.Fusion.Dbsf()
         single_query = dense_query if dense_query is not None else sparse_query
-        single_params = _DENSE_PARAMS if dense_query is not None else _LIVE_IDF
+        # Read once: a write that begins meanwhile soils the shard for the next search.
+        sparse_params = None if collection.vacuumed else _LIVE_IDF
+        single_params = _DENSE_PARAMS if dense_query is not None else sparse_params
         with_vector = [DENSE] if with_vectors else False
 
         def candidate_lists(flt: qe.Filter | None) -> list[qe.Prefetch]:
             candidates = prefetch_limit or 4 * limit
             return [
                 qe.Prefetch(limit=candidates, query=dense_query, filter=flt, params=_DENSE_PARAMS),
-                qe.Prefetch(limit=candidates, query=sparse_query, filter=flt, params=_LIVE_IDF),
+                qe.Prefetch(limit=candidates, query=sparse_query, filter=flt, params=sparse_params),
             ]
 
         def ranking(flt: qe.Filter | None) -> qe.Prefetch:
@@ -505,8 +532,12 @@ class EdgeVectorStore(VectorStore):
         spec = _read_spec(path / SPEC_FILE)
         _finish_optimize(path)  # an `optimize` cut short by a crash
         shutil.rmtree(path / _RETIRED_DIR, ignore_errors=True)
-        shard = self._engine(lambda: qe.EdgeShard.load(str(path / SHARD_DIR)))
-        return _Collection(name=name, path=path, shard=shard, spec=spec, version=next(self._versions))
+        # Loaded with the store's settings, so that a shard made by an earlier version is vacuumed alike.
+        shard = self._engine(lambda: qe.EdgeShard.load(str(path / SHARD_DIR), _engine_config(spec)))
+        return _Collection(
+            name=name, path=path, shard=shard, spec=spec, version=next(self._versions),
+            vacuumed=(path / VACUUMED_FILE).is_file(),
+        )
 
     def _open_or_create(self, name: str, spec: CollectionSpec) -> _Collection:
         if not _NAME_PATTERN.fullmatch(name):
@@ -514,12 +545,7 @@ class EdgeVectorStore(VectorStore):
         path = self._root / name
         if (path / SPEC_FILE).is_file():
             return self._open(name)
-        config = qe.EdgeConfig(
-            vectors={DENSE: qe.EdgeVectorParams(size=spec.dims, distance=qe.Distance.Cosine)},
-            sparse_vectors={SPARSE: qe.EdgeSparseVectorParams(modifier=qe.Modifier.Idf)} if spec.sparse else None,
-            optimizers=None if self._indexing_threshold_kb is None
-            else qe.EdgeOptimizersConfig(indexing_threshold=self._indexing_threshold_kb),
-        )
+        config = _engine_config(spec, self._indexing_threshold_kb)
         shard_path = path / SHARD_DIR
         if (shard_path / "segments").is_dir():
             # A creation cut short before the spec was written: loading with `config` checks
@@ -541,6 +567,15 @@ class EdgeVectorStore(VectorStore):
                 self._check_open()
                 raise NotFoundError(f"collection {collection.name!r} does not exist")
             yield
+
+    @staticmethod
+    def _soil(collection: _Collection) -> None:
+        """Before a write, which may leave deleted or overwritten points: forget `vacuumed`,
+        on disk first. Call with `collection.lock` held."""
+        if collection.vacuumed:
+            collection.vacuumed = False
+            (collection.path / VACUUMED_FILE).unlink(missing_ok=True)
+            _fsync(collection.path)
 
     def _commit(self, collection: _Collection) -> None:
         """Make the writes so far durable. Call with `collection.lock` held."""

@@ -249,6 +249,13 @@ def jaccard(a: set, b: set) -> float:
     return len(a & b) / len(a | b) if a and b else 0.0
 
 
+def near_duplicate(a: set, b: set, threshold: float) -> bool:
+    """jaccard(a, b) >= threshold; sets whose sizes alone rule it out are not intersected."""
+    if a and b and min(len(a), len(b)) < threshold * max(len(a), len(b)):
+        return False
+    return jaccard(a, b) >= threshold
+
+
 def apply_generic_filters(candidates: list[Candidate], cfg: ModuleConfig, *, count_tokens) -> list[Candidate]:
     """Score floor, near-duplicates, chunk cap and token budget, in rank order."""
     kept_shingles: list[set] = []
@@ -264,7 +271,7 @@ def apply_generic_filters(candidates: list[Candidate], cfg: ModuleConfig, *, cou
             c.drop(f"beyond the {cfg.max_chunks}-chunk limit")
             continue
         sh = shingles(c.text)
-        if any(jaccard(sh, other) >= cfg.near_duplicate_threshold for other in kept_shingles):
+        if any(near_duplicate(sh, other, cfg.near_duplicate_threshold) for other in kept_shingles):
             c.drop("near-duplicate of a better candidate")
             continue
         # A deferred normalization only adds to the text: when the stored text alone is over

@@ -107,15 +107,19 @@ class CollectionSearch(FetchContext):
             fusion=fusion,  # type: ignore[arg-type]
             with_vectors=True,
         )
-        q = np.asarray(query_vector, dtype=np.float32)
+        # One matrix product for every hit's cosine (stored vectors are unit length).
+        vectors = [hit.vector for hit in hits if hit.vector is not None]
+        similarities = iter(
+            (np.asarray(vectors, dtype=np.float32) @ np.asarray(query_vector, dtype=np.float32)).tolist() if vectors else []
+        )
         candidates = []
         for rank, hit in enumerate(hits):
             p = hit.payload
-            similarity = float(np.dot(q, np.asarray(hit.vector, dtype=np.float32))) if hit.vector is not None else 0.0
             candidates.append(
                 Candidate(
                     id=hit.id, doc_id=p.get("doc_id", ""), filename=p.get("filename", ""), page=p.get("page"),
-                    text=p.get("text", ""), payload=p, score=hit.score, similarity=similarity, rank=rank,
+                    text=p.get("text", ""), payload=p, score=hit.score,
+                    similarity=next(similarities) if hit.vector is not None else 0.0, rank=rank,
                 )
             )
         return candidates

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Any, Literal, Union
 
@@ -172,6 +172,13 @@ def top_hits_by_score_then_id(fetch: Callable[[int], list[Hit]], limit: int) -> 
         n *= 4
 
 
+def _excluding(filter: Filter | None, excluded: Filter) -> Filter:
+    """What `filter` admits and `excluded` does not, as one flat filter (which the engine
+    plans better than a nested one)."""
+    filter = filter or Filter()
+    return Filter(must=list(filter.must), must_not=[*filter.must_not, excluded], should=list(filter.should))
+
+
 class VectorStore(ABC):
     """Storage and search of chunk points, by collection name."""
 
@@ -206,7 +213,6 @@ class VectorStore(ABC):
     def delete(self, name: str, filter: Filter) -> None:
         """Delete every point matching `filter`."""
 
-    @abstractmethod
     def search(
         self,
         name: str,
@@ -230,7 +236,36 @@ class VectorStore(ABC):
 
         With `prefer`, the points are ranked twice, among those matching `filter` and among
         those also matching `prefer` (`limit` each), and the two rankings are fused by RRF:
-        what `prefer` selects ranks first without excluding the rest. One engine query."""
+        what `prefer` selects ranks first without excluding the rest. One engine query, or,
+        where a count finds that every point `filter` admits matches `prefer` (a company whose
+        only filing is of the year asked for), one ranking scored as its fusion with itself."""
+        if dense is None and sparse is None:
+            raise ValueError("search needs a dense or a sparse query vector, or both")
+        query = dict(
+            dense=dense, sparse=sparse, filter=filter, limit=limit, prefetch_limit=prefetch_limit, fusion=fusion,
+            with_payload=with_payload, with_vectors=with_vectors,
+        )
+        if prefer is not None and self.count(name, _excluding(filter, prefer)) == 0:
+            hits = self._search(name, prefer=None, **query)
+            return [replace(hit, score=2 / (RRF_K + rank)) for rank, hit in enumerate(hits)]
+        return self._search(name, prefer=prefer, **query)
+
+    @abstractmethod
+    def _search(
+        self,
+        name: str,
+        *,
+        dense: list[float] | None,
+        sparse: SparseVector | None,
+        filter: Filter | None,
+        prefer: Filter | None,
+        limit: int,
+        prefetch_limit: int | None,
+        fusion: Fusion,
+        with_payload: bool,
+        with_vectors: bool,
+    ) -> list[Hit]:
+        """`search` in one engine query, `prefer` included; the query has a vector."""
 
     @abstractmethod
     def scroll(

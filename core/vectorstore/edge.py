@@ -374,7 +374,7 @@ class EdgeVectorStore(VectorStore):
 
     # ---- reads ----
 
-    def search(
+    def _search(
         self,
         name: str,
         *,
@@ -388,8 +388,6 @@ class EdgeVectorStore(VectorStore):
         with_payload: bool = True,
         with_vectors: bool = False,
     ) -> list[Hit]:
-        if dense is None and sparse is None:
-            raise ValueError("search needs a dense or a sparse query vector, or both")
         collection = self._get(name)
         engine_filter = _optional_filter(filter)
         dense_query = None if dense is None else qe.Query.Nearest(dense, using=DENSE)

@@ -199,7 +199,7 @@ class ServerVectorStore(VectorStore):
 
     # ---- reads ----
 
-    def search(
+    def _search(
         self,
         name: str,
         *,
@@ -213,8 +213,6 @@ class ServerVectorStore(VectorStore):
         with_payload: bool = True,
         with_vectors: bool = False,
     ) -> list[Hit]:
-        if dense is None and sparse is None:
-            raise ValueError("search needs a dense or a sparse query vector, or both")
         server_filter = _optional_filter(filter)
         rrf = models.RrfQuery(rrf=models.Rrf(k=RRF_K))
         fuse = rrf if fusion == "rrf" else models.FusionQuery(fusion=models.Fusion.DBSF)

@@ -431,15 +431,17 @@ def test_backends_rank_alike(both: tuple[VectorStore, VectorStore], fusion: str)
 
 def test_prefer_fuses_the_preferred_ranking_with_the_whole_one(both: tuple[VectorStore, VectorStore]) -> None:
     """`prefer` is two rankings, with and without it, fused by reciprocal rank in one query:
-    the same as fusing here the two searches it stands for. Hybrid rankings are fused by
-    DBSF here: an RRF-fused ranking ties often, and the engine orders ties inside a nested
-    ranking its own way (as it does inside any candidate list)."""
+    the same as fusing here the two searches it stands for, also where it prefers every point
+    (which the store ranks once). Hybrid rankings are fused by DBSF here: an RRF-fused ranking
+    ties often, and the engine orders ties inside a nested ranking its own way (as it does
+    inside any candidate list)."""
     points = make_points(120, seed=12)
     stores = [loaded(store, points) for store in both]
     rng = np.random.default_rng(6)
     scope = Filter(must=[Match(key="tenant", value="t1")])
-    prefer = Filter(must=[MatchAny(key="doc_id", any=["doc2", "doc5"])])
-    for _ in range(3):
+    narrowing = Filter(must=[MatchAny(key="doc_id", any=["doc2", "doc5"])])
+    everywhere = Filter(must=[Range(key="chunk_index", gte=0)])
+    for prefer in (narrowing, narrowing, narrowing, everywhere, everywhere):
         dense = rng.standard_normal(DIMS).tolist()
         sparse = ENCODER.embed_query(" ".join(rng.choice(VOCABULARY, size=3)))
         for vectors in ({"dense": dense}, {"dense": dense, "sparse": sparse}):

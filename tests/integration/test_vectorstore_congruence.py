@@ -472,7 +472,6 @@ def test_sparse_idf_counts_live_points_only(both: tuple[VectorStore, VectorStore
     assert_same_hits(edge.search(COLLECTION, sparse=query, limit=20), server.search(COLLECTION, sparse=query, limit=20))
 
 
-
 def test_edge_sparse_idf_stays_exact_after_optimize(both: tuple[VectorStore, VectorStore], scratch: Path) -> None:
     """After `optimize` the engine's global IDF statistics serve sparse queries, which is exact
     only if the optimize vacuumed every deleted point: here 2 of 60, under the engine's default
@@ -538,7 +537,7 @@ _CRASH_SCRIPT = """
 import os, sys
 from pathlib import Path
 from core.vectorstore import Filter, Match
-from core.vectorstore.edge import VACUUMED_FILE, EdgeVectorStore
+from core.vectorstore.edge import EdgeVectorStore
 from tests.integration.test_vectorstore_congruence import COLLECTION, POINTS, loaded
 store = loaded(EdgeVectorStore(Path(sys.argv[1]), flush_interval_s=3600))
 store.delete(COLLECTION, Filter(must=[Match(key="doc_id", value="doc0")]))

@@ -98,6 +98,11 @@ _LIVE_IDF = qe.SearchParams(idf=qe.IdfParams(corpus=qe.Filter()))
 # `optimize` vacuums every segment that holds a deleted point.
 _VACUUM_ALL = {"deleted_threshold": 0.0, "vacuum_min_vector_number": 1}
 _DENSE_PARAMS = qe.SearchParams(hnsw_ef=HNSW_EF)
+# Payloads stay on disk, memory-mapped and read into the page cache when a segment is loaded.
+# The engine's default ("cold") reads a payload from disk the first time it is asked for: 50
+# hits of questions not seen before cost 8-9 ms at 100k chunks instead of 3.5-4 ms. Applies
+# to the segments written from now on (new collections, and those `optimize` rewrites).
+_PAYLOAD_MEMORY = qe.Memory.Cached
 
 
 def _index_schema(index_type: IndexType, *, is_tenant: bool) -> Any:
@@ -170,6 +175,7 @@ def _engine_config(spec: CollectionSpec, indexing_threshold_kb: int | None = Non
         vectors={DENSE: qe.EdgeVectorParams(size=spec.dims, distance=qe.Distance.Cosine)},
         sparse_vectors={SPARSE: qe.EdgeSparseVectorParams(modifier=qe.Modifier.Idf)} if spec.sparse else None,
         optimizers=qe.EdgeOptimizersConfig(indexing_threshold=indexing_threshold_kb, **_VACUUM_ALL),
+        payload_memory=_PAYLOAD_MEMORY,
     )
 
 

@@ -8,6 +8,7 @@ Results are checked against answers computed here from the data where that is si
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -40,6 +41,7 @@ from core.vectorstore import (
     VectorStore,
     open_vector_store,
 )
+import core.vectorstore.edge as edge_module
 from core.vectorstore.edge import VACUUMED_FILE, EdgeVectorStore
 from core.vectorstore.server import ServerVectorStore
 from core.vectorstore.sparse import Bm25Encoder
@@ -622,6 +624,32 @@ def test_edge_optimize_indexes_every_vector_and_keeps_every_point(scratch: Path)
     reopened = EdgeVectorStore(scratch)
     assert reopened.count(COLLECTION) == live + 10
     assert reopened.indexed_vectors(COLLECTION) == 2 * (live + 10)
+    reopened.close()
+
+
+def _payload_storage(root: Path) -> list[str]:
+    """How the engine stores each segment's payloads, as its segment files record it."""
+    segments = root / COLLECTION / "shard" / "segments"
+    return [json.loads((s / "segment.json").read_text())["config"]["payload_storage_type"]["type"] for s in segments.iterdir()]
+
+
+def test_edge_payloads_are_read_into_memory(scratch: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Payloads are memory-mapped and pre-read ("in_ram_mmap"), not read from disk on first
+    use ("mmap"): in new collections, and in older ones once `optimize` rewrites them."""
+    import qdrant_edge as qe
+
+    loaded(EdgeVectorStore(scratch / "new")).close()
+    assert set(_payload_storage(scratch / "new")) == {"in_ram_mmap"}
+
+    with monkeypatch.context() as patched:  # a collection written by an earlier version
+        patched.setattr(edge_module, "_PAYLOAD_MEMORY", qe.Memory.Cold)
+        loaded(EdgeVectorStore(scratch / "old", indexing_threshold_kb=1)).close()
+    assert set(_payload_storage(scratch / "old")) == {"mmap"}
+    reopened = EdgeVectorStore(scratch / "old")
+    before = reopened.search(COLLECTION, dense=POINTS[1].vector, limit=10)
+    assert reopened.optimize(COLLECTION) is True
+    assert set(_payload_storage(scratch / "old")) == {"in_ram_mmap"}
+    assert reopened.search(COLLECTION, dense=POINTS[1].vector, limit=10) == before
     reopened.close()
 
 

@@ -79,6 +79,9 @@ CLAUSE_TERMS: list[tuple[re.Pattern[str], str]] = [
         (r"notice .*terminate renewal|notice period|non-?renewal", "written notice of non-renewal days prior to the expiration of the then-current term"),
     ]
 ]
+# Clauses stated in the preamble, next to the contract's name and parties: the whole question
+# finds them better than the clause question alone.
+_PREAMBLE_CLAUSE = re.compile(r"agreement date|effective date|dated as of|date of (?:this|the) agreement|document name", re.I)
 _AGREEMENT_WORDS = r"(?:AGREEMENT|CONTRACT|LICEN[CS]E|AMENDMENT|ADDENDUM|MEMORANDUM|ARRANGEMENT|TERMS|LEASE|NOTE|PLAN|ACCORD|JOINT FILING)"
 _TITLE_LINE = re.compile(rf"^\s*(?P<title>[A-Z0-9][A-Za-z0-9 ,.&'’/()-]{{2,120}}?\b{_AGREEMENT_WORDS}\b[A-Za-z0-9 ,.&'’/()-]{{0,60}}?)\s*$", re.M | re.I)
 _THIS_TITLE = re.compile(rf"\bThis\s+(?P<title>[A-Z][\w ,&'’/-]{{2,100}}?\b(?:Agreement|Contract|License|Amendment|Addendum))\b", re.I)
@@ -129,6 +132,13 @@ class LegalConfig(ModuleConfig):
     )
     expand_clause_terms: bool = Field(
         True, description="Search with the clause question plus the words contracts use for that clause."
+    )
+    clause_only_within_contract: bool = Field(
+        True,
+        description="Within the contract its parties identify, rank chunks by the clause question (and its terms) "
+        "alone, not by the whole question: there the contract's name and parties only pull its preamble and "
+        "signature page first. Not for clauses the preamble states (agreement and effective dates). The clause "
+        "question is then what is embedded, and what similarities (score floor, confidence) are measured against.",
     )
     annotate_dates: bool = Field(True, description="Add the ISO form next to dates (June 21, 1999 [= 1999-06-21]).")
 
@@ -365,12 +375,12 @@ class LegalModule(DomainModule[LegalConfig]):
     def fetch(self, query: Query, ctx: FetchContext) -> list[Candidate]:
         cfg = self.config
         contract = query.notes.get("contract")
-        # Dense on the question as asked (its embedding is already computed); the clause
-        # terminology only widens the BM25 side.
+        # While the contract is still to be found, dense search reads the whole question (its
+        # name and parties help find it); the clause terminology widens the BM25 side.
         keywords = query.notes.get("search_text")
 
-        def search(f: Filter | None, prefer: Filter | None = None) -> list[Candidate]:
-            return ctx.search(query.text, limit=cfg.top_k, mode=cfg.retrieval, fusion=cfg.fusion, filter=f,
+        def search(f: Filter | None, prefer: Filter | None = None, text: str = query.text) -> list[Candidate]:
+            return ctx.search(text, limit=cfg.top_k, mode=cfg.retrieval, fusion=cfg.fusion, filter=f,
                               prefer=prefer, sparse_text=keywords)
 
         if not (cfg.use_question_filters and cfg.contract_filter and contract):
@@ -380,7 +390,9 @@ class LegalModule(DomainModule[LegalConfig]):
         if parties:
             # The parties identify the contract: only its chunks are searched (and kept).
             by_parties = Filter(must=[MatchAny(key=PARTIES_KEY, any=parties)])
-            hits = search(by_parties)
+            clause_only = cfg.clause_only_within_contract and keywords and not _PREAMBLE_CLAUSE.search(contract["clause"])
+            within = keywords if clause_only else query.text
+            hits = search(by_parties, text=within)
             if hits:
                 query.filter = by_parties
                 query.notes["contract_filter"] = by_parties.model_dump()

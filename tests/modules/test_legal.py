@@ -121,11 +121,31 @@ def test_fetch_restricts_to_the_named_contract_and_searches_the_clause() -> None
     module.fetch(query, search)
     [call] = search.calls
     assert call["filter"].must == [MatchAny(key=PARTIES_KEY, any=["2themartcom", "i escrow", "iescrow"])]
-    # Dense on the question as asked (already embedded); the clause wording goes to BM25 only.
-    assert call["text"] == QUESTION
+    # Within the contract, both rankings read the clause question and its contract wording,
+    # not the contract's name and parties.
     keywords = call["sparse_text"]
     assert keywords.startswith("Does a party have the right to audit") and "books and records" in keywords
     assert "CO-BRANDING" not in keywords
+    assert call["text"] == keywords
+
+
+def test_within_the_contract_the_whole_question_can_be_searched() -> None:
+    module = LegalModule(LegalModule.config_model(clause_only_within_contract=False))
+    search = RecordingSearch([make_candidate(0, AUDIT, meta=META_ESCROW)], values=KNOWN)
+    module.fetch(module.analyze(QUESTION), search)
+    [call] = search.calls
+    assert call["text"] == QUESTION and "books and records" in call["sparse_text"]
+
+
+def test_a_date_the_preamble_states_is_searched_with_the_whole_question() -> None:
+    question = "What is the agreement date of the CO-BRANDING AND ADVERTISING AGREEMENT between I-ESCROW, INC. and 2THEMART.COM, INC.?"
+    module = LegalModule()
+    search = RecordingSearch([make_candidate(0, AUDIT, meta=META_ESCROW)], values=KNOWN)
+    module.fetch(module.analyze(question), search)
+    [call] = search.calls
+    assert call["filter"].must == [MatchAny(key=PARTIES_KEY, any=["2themartcom", "i escrow", "iescrow"])]
+    assert call["text"] == question, "the preamble names the contract and its parties: they help rank it"
+    assert "dated as of" in call["sparse_text"]
 
 
 def test_a_title_alone_ranks_its_contracts_first_without_excluding_others() -> None:
@@ -136,6 +156,7 @@ def test_a_title_alone_ranks_its_contracts_first_without_excluding_others() -> N
     candidates = module.fetch(query, search)
     [call] = search.calls
     assert call["filter"] is None and call["prefer"].must == [MatchAny(key=TITLE_KEY, any=["endorsement agreement"])]
+    assert call["text"].startswith("In the ENDORSEMENT AGREEMENT"), "the contract is still to be found: whole question"
     assert query.notes["contract_preference"] == ["endorsement agreement"] and query.filter is None
     filtered = module.filter(query, module.normalize(query, candidates))
     assert all(c.kept for c in filtered), "a title-only match must not drop other contracts"

@@ -82,10 +82,24 @@ CLAUSE_TERMS: list[tuple[re.Pattern[str], str]] = [
 # Clauses stated in the preamble, next to the contract's name and parties: the whole question
 # finds them better than the clause question alone.
 _PREAMBLE_CLAUSE = re.compile(r"agreement date|effective date|dated as of|date of (?:this|the) agreement|document name", re.I)
-_AGREEMENT_WORDS = r"(?:AGREEMENT|CONTRACT|LICEN[CS]E|AMENDMENT|ADDENDUM|MEMORANDUM|ARRANGEMENT|TERMS|LEASE|NOTE|PLAN|ACCORD|JOINT FILING)"
-_TITLE_LINE = re.compile(rf"^\s*(?P<title>[A-Z0-9][A-Za-z0-9 ,.&'’/()-]{{2,120}}?\b{_AGREEMENT_WORDS}\b[A-Za-z0-9 ,.&'’/()-]{{0,60}}?)\s*$", re.M | re.I)
-_THIS_TITLE = re.compile(rf"\bThis\s+(?P<title>[A-Z][\w ,&'’/-]{{2,100}}?\b(?:Agreement|Contract|License|Amendment|Addendum))\b", re.I)
-_SKIP_TITLE = re.compile(r"exhibit|confidential|execution copy|omitted|\*\*\*|redacted|page \d|^\W*$", re.I)
+_AGREEMENT_WORDS = (
+    r"(?:AGREEMENT|CONTRACT|LICEN[CS]E|AMENDMENT|ADDENDUM|MEMORANDUM|ARRANGEMENT|TERMS|LEASE|NOTE|PLAN|ACCORD"
+    r"|JOINT FILING|POWER OF ATTORNEY|GUARANT(?:EE|Y))"
+)
+_TITLE_LINE = re.compile(rf"^\s*(?P<title>(?:[A-Z0-9][A-Za-z0-9 ,.&'’/()#-]{{2,120}}?)?\b{_AGREEMENT_WORDS}\b[A-Za-z0-9 ,.&'’/()#-]{{0,60}}?)\s*$", re.M | re.I)
+# "This Software License, Customization and Maintenance Agreement": the longest name ending in
+# Agreement or Contract first, else one ending in another agreement word.
+_THIS_TITLES = [
+    re.compile(rf"\bThis\s+(?P<title>[A-Z][\w ,&'’/-]{{2,100}}?\b(?:{words}))\b", re.I)
+    for words in ("Agreement|Contract", "License|Amendment|Addendum")
+]
+# "AMENDMENT NO. 3", "FIRST ADDENDUM": a heading whose next heading names what it amends
+_AMENDMENT_ONLY = re.compile(r"(?:\w+\s+)?(?:AMENDMENT|ADDENDUM)(?:\s+(?:NO\.?|NUMBER|#)\s*\w+|\s+[IVX]+)?", re.I)
+_BODY_VERB = re.compile(r"\b(?:is|are|was|were|shall|will|has|have|hereby)\b")  # lower case: a sentence, not a name
+_MINOR_WORDS = frozenset("a an and as at by for in of on or the to with".split())
+_SKIP_TITLE = re.compile(
+    r"exhibit|confidential|execution copy|omitted|\*\*\*|redacted|page \d|^\W*$|^(?:\d+(?:\.\d+)*|[IVX]+|article|section)\b", re.I
+)
 _BETWEEN = re.compile(r"\b(?:by\s+and\s+between|by\s+and\s+among|between|among)\s*:?\s+", re.I)
 _PREAMBLE_END = re.compile(r"\b(?:WHEREAS|RECITALS?|WITNESSETH|NOW,?\s+THEREFORE|BACKGROUND|IN CONSIDERATION)\b", re.I)
 _NAME_STOP = re.compile(
@@ -191,20 +205,43 @@ def extract_contract(text: str, filename: str) -> dict[str, Any]:
 
 
 def contract_title(head: str) -> str | None:
-    for m in _TITLE_LINE.finditer(head[:2500]):
-        line = re.sub(r"\s+", " ", m["title"]).strip(" .,:")
-        # a title is a heading, mostly capitals, not a sentence of the body
-        letters = [ch for ch in line if ch.isalpha()]
-        if _SKIP_TITLE.search(line) or len(line.split()) > 12 or not letters:
-            continue
-        if sum(ch.isupper() for ch in letters) / len(letters) >= 0.6 or line.istitle():
-            return _clean_title(line)
-    m = _THIS_TITLE.search(head[:4000])
-    return _clean_title(m["title"]) if m else None
+    """The contract's name: its first heading that names an agreement (with the heading after
+    it when it only says "AMENDMENT NO. 3"), else the "This ... Agreement" of its preamble."""
+    head = re.sub(r"[ \t\xa0]+", " ", head)[:2500]  # some filings indent every line by dozens of spaces
+    headings = [(m.start(), line) for m in _TITLE_LINE.finditer(head) if _is_heading(line := _clean_title(m["title"]))]
+    if headings:
+        (start, title), following = headings[0], headings[1:2]
+        if following and _AMENDMENT_ONLY.fullmatch(title) and following[0][0] - start < 400:
+            title = f"{title} {following[0][1]}"
+        return title
+    for pattern in _THIS_TITLES:
+        for m in pattern.finditer(head):
+            if _is_name(title := _clean_title(m["title"])):
+                return title
+    return None
+
+
+def _is_heading(line: str) -> bool:
+    """A heading: short, mostly capitals or capitalized words, not a sentence of the body, and
+    more than a bare "AGREEMENT"."""
+    letters = [ch for ch in line if ch.isalpha()]
+    if _SKIP_TITLE.search(line) or len(line.split()) > 12 or not letters or re.fullmatch(_AGREEMENT_WORDS, line, re.I):
+        return False
+    return sum(ch.isupper() for ch in letters) / len(letters) >= 0.6 or _is_name(line)
+
+
+def _is_name(phrase: str) -> bool:
+    """A name ("Software License, Customization and Maintenance Agreement"), not a clause of
+    the body ("Amendment, all other terms ... of the Agreement"): most words capitalized."""
+    words = [w for w in re.findall(r"[A-Za-z][\w'’-]*", phrase) if w.lower() not in _MINOR_WORDS]
+    if not words or _BODY_VERB.search(phrase):
+        return False
+    return sum(w[0].isupper() for w in words) / len(words) >= 0.6
 
 
 def _clean_title(title: str) -> str:
-    title = re.sub(r"\s+", " ", title).strip(" .,:")
+    title = re.sub(r"\s+(?:by and )?between\b.*$|\s*\bTABLE OF CONTENTS\b.*$", "", re.sub(r"\s+", " ", title), flags=re.I)
+    title = title.strip(" .,:-_")
     return re.sub(r"^(?:the|this)\s+", "", title, flags=re.I)
 
 
@@ -341,7 +378,7 @@ class LegalModule(DomainModule[LegalConfig]):
     )
     config_model = LegalConfig
     payload_indexes = {TITLE_KEY: IndexType.KEYWORD, PARTIES_KEY: IndexType.KEYWORD, "meta.agreement_type": IndexType.KEYWORD}
-    enrich_version = "legal-2"
+    enrich_version = "legal-3"
     route_examples = [
         "Which state's law governs the distribution agreement?",
         "Does a party have the right to audit the books and records of the counterparty?",

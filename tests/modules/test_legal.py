@@ -73,6 +73,26 @@ def test_enrich_reads_title_and_parties_of_real_contracts(eval_dir: Path, patter
     assert party_keys <= set(meta["party_keys"])
 
 
+@pytest.mark.parametrize(
+    ("pattern", "title"),
+    [
+        # the heading indented by dozens of spaces, below the offering's cover lines
+        ("cuad_BLUEROCKRESIDENTIALGROWTHREIT_INC_06_01_2016-EX-1.1-AGENCY_AGREEMENT.txt", "AGENCY AGREEMENT"),
+        # no line of its own: "This JOINT CONTENT LICENSE AGREEMENT", not "... LICENSE"
+        ("cuad_AlliedEsports*EX-10.19_Content_License_Agreement.txt", "JOINT CONTENT LICENSE AGREEMENT"),
+        ("cuad_CardlyticsInc_*_Maintenance_Agreement1.txt", "SOFTWARE LICENSE, CUSTOMIZATION AND MAINTENANCE AGREEMENT"),
+        # no agreement word, and a heading that only says which amendment
+        ("cuad_FEDERATEDGOVERNMENT*_POWEROF.txt", "LIMITED POWER OF ATTORNEY"),
+        ("cuad_FEDERATEDGOVERNMENT*_SECONDAMENDMENT.txt", "SECOND AMENDMENT TO SERVICES AGREEMENT"),
+        # a sentence of the body ("Agreement in respect of the provision of ...") is not a name
+        ("cuad_SMITHELECTRICVEHICLESCORP_04_04_2012-EX-10.26-FLEET_MAINTENANCE_AGREEMENT.txt", "FLEET MAINTENANCE AGREEMENT"),
+    ],
+)
+def test_enrich_reads_titles_a_simple_heading_rule_misses(eval_dir: Path, pattern, title) -> None:
+    [path] = (eval_dir / "cuad" / "corpus").glob(pattern)
+    assert LegalModule().enrich(path.read_text(errors="replace"), path.name, {})["title"] == title
+
+
 def test_enrich_reads_date_and_governing_law(eval_dir: Path) -> None:
     [path] = (eval_dir / "cuad" / "corpus").glob("cuad_WARNERCHILCOTTPLC_12_31_2003*")
     meta = LegalModule().enrich(path.read_text(errors="replace"), path.name, {})

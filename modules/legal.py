@@ -352,7 +352,9 @@ def match_parties(parties: str, known: dict[str, int], threshold: float) -> list
     found = {k for k in grams if k in known}
     ordered = sorted(k for k in known if " " not in k)
     for p in parts:
-        found |= {p[:n] for n in range(5, len(p) + 1) if p[:n] in known} | ({p} & known.keys())
+        # the longest stored prefix only: "paymentdatasystems" is not also the "payment" of another contract
+        longest = next((p[:n] for n in range(len(p), 4, -1) if p[:n] in known), None)
+        found |= {k for k in (longest, p) if k in known}
         i = bisect_left(ordered, p)
         while len(p) >= 5 and i < len(ordered) and ordered[i].startswith(p):
             found.add(ordered[i])

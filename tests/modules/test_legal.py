@@ -9,7 +9,15 @@ import pytest
 
 from core.vectorstore import MatchAny
 from modules.base import Candidate
-from modules.legal import PARTIES_KEY, TITLE_KEY, LegalModule, _filename_filer, clause_terms, parse_question
+from modules.legal import (
+    PARTIES_KEY,
+    TITLE_KEY,
+    LegalModule,
+    _filename_filer,
+    clause_terms,
+    match_parties,
+    parse_question,
+)
 from tests.modules.contract import ModuleContract, RecordingSearch, make_candidate
 
 pytestmark = pytest.mark.unit
@@ -155,6 +163,14 @@ def test_within_the_contract_the_whole_question_can_be_searched() -> None:
     module.fetch(module.analyze(QUESTION), search)
     [call] = search.calls
     assert call["text"] == QUESTION and "books and records" in call["sparse_text"]
+
+
+def test_a_party_matches_its_longest_stored_name_not_a_shorter_one_of_another_contract() -> None:
+    # "payment" is a party key another contract's preamble produced; "adamsgolf" the filer's name
+    known = {"payment": 3, "paymentdatasystems": 5, "network1financial": 5, "adamsgolf": 4}
+    found = match_parties("NETWORK 1 FINANCIAL, INC. and Payment Data Systems, Inc.", known, 0.85)
+    assert found == ["network1financial", "paymentdatasystems"]
+    assert match_parties("AdamsGolfInc and Nick Faldo", known, 0.85) == ["adamsgolf"]
 
 
 def test_a_date_the_preamble_states_is_searched_with_the_whole_question() -> None:

@@ -52,7 +52,8 @@ class CollectionSearch(FetchContext):
 
     Every search is restricted to the tenant and to live chunks (staged versions of
     documents being re-ingested are invisible). Question embeddings are memoised for the
-    life of the instance: build one per request; `facets` outlives it."""
+    life of the instance, and the time spent computing them is summed in `embedding_ms`:
+    build one per request; `facets` outlives it."""
 
     def __init__(
         self, *, store: VectorStore, embedder: Embedder, sparse: Bm25Encoder, vector_name: str, tenant: str,
@@ -65,10 +66,13 @@ class CollectionSearch(FetchContext):
         self.tenant = tenant
         self.facets = facets or FacetCache()
         self._dense: dict[str, list[float]] = {}
+        self.embedding_ms = 0.0
 
     def embed(self, text: str) -> list[float]:
         if text not in self._dense:
+            start = time.perf_counter()
             self._dense[text] = self.embedder.embed_query(text)
+            self.embedding_ms += (time.perf_counter() - start) * 1000
         return self._dense[text]
 
     def known_values(self, key: str, limit: int = 1000) -> dict[str, int]:

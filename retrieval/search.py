@@ -141,15 +141,15 @@ class SearchService:
         search: CollectionSearch,
         trace: Trace,
     ) -> Selection:
-        """Embed the question, pick its module and build it; the route and the module's
-        config revision and hash go into `trace`."""
-        with trace.timed("embed_question"):
-            vector = await asyncio.to_thread(search.embed, question)
+        """Pick the question's module and build it; the route and the module's config
+        revision and hash go into `trace`. The question is embedded here only to route it:
+        otherwise the module embeds what it searches with (see `curate`)."""
         key = requested or collection.domain
         if key != AUTO_DOMAIN:
             route = Route(key, "request" if requested else "collection")
             trace.set("route", route.as_dict())
         else:
+            vector = await asyncio.to_thread(search.embed, question)
             router = await self.router()
             with trace.timed("route"):
                 choice = await asyncio.to_thread(router.route, question, vector)
@@ -169,9 +169,14 @@ class SearchService:
         )
 
     def curate(self, module: DomainModule, question: str, search: CollectionSearch, trace: Trace) -> Curated:
-        """Run the module's stages, recording them in `trace` (blocking: call from a thread)."""
+        """Run the module's stages, recording them in `trace` (blocking: call from a thread).
+        The question's embedding (whatever text the module embedded, and the routing one) is
+        reported as `embed_question`, apart from the fetch stage that computed it."""
+        embedded_before = search.embedding_ms
         curated = curate(module, question, search)
-        trace.data["latency_ms"].update(curated.latency_ms)
+        latency = dict(curated.latency_ms)
+        latency["fetch"] = round(latency["fetch"] - (search.embedding_ms - embedded_before), 3)
+        trace.data["latency_ms"].update(latency, embed_question=round(search.embedding_ms, 3))
         query = curated.query
         trace.stage("analyze", {"entities": query.entities, "periods": query.periods, "doc_types": query.doc_types})
         trace.stage("candidates", [candidate_summary(c) for c in curated.candidates])

@@ -39,3 +39,24 @@ def test_search_gives_each_candidate_its_cosine_to_the_question(tmp_path: Path, 
     for c in candidates:
         assert c.similarity == pytest.approx(sum(a * b for a, b in zip(q, by_text[c.text])), abs=1e-5)
     store.close()
+
+
+def test_each_text_is_embedded_once_and_its_time_counted(tmp_path: Path, embedder) -> None:
+    calls: list[str] = []
+
+    class Counting:
+        def embed_query(self, text: str) -> list[float]:
+            calls.append(text)
+            return embedder.embed_query(text)
+
+    store = EdgeVectorStore(tmp_path / "qdrant")
+    store.ensure_collection(NAME, CollectionSpec(dims=embedder.dims, sparse=True, indexes={"tenant": IndexType.KEYWORD}))
+    search = CollectionSearch(store=store, embedder=Counting(), sparse=Bm25Encoder(), vector_name=NAME, tenant="t1")
+    assert search.embedding_ms == 0.0
+    search.search("Which law governs?", limit=3)
+    first = search.embedding_ms
+    search.search("Which law governs?", limit=3)
+    assert calls == ["Which law governs?"] and first > 0 and search.embedding_ms == first
+    search.search("governed by the laws of", limit=3)
+    assert len(calls) == 2 and search.embedding_ms > first
+    store.close()

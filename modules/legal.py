@@ -259,8 +259,10 @@ def contract_parties(head: str) -> list[str]:
     for piece in pieces:
         name = re.sub(r"\s+", " ", _NAME_STOP.split(piece, maxsplit=1)[0]).strip(" .:;\"'“”")
         name = re.sub(r"^(?:and|the)\s+", "", name, flags=re.I) if name.lower().startswith("and ") else name
-        words = name.split()
-        if not words or len(words) > 10 or not re.match(r"[A-Z0-9\[]", name):
+        if len(name.split()) > 10:
+            continue
+        name = re.sub(r"\s+(?:and|or)$", "", _SENTENCE_TAIL.split(name, maxsplit=1)[0])
+        if not name or not re.match(r"[A-Z0-9\[]", name) or _NOT_A_PARTY.search(name):
             continue
         if name_key(name) in _ROLE_WORDS or not name_key(name):
             continue
@@ -271,6 +273,10 @@ def contract_parties(head: str) -> list[str]:
     return parties
 
 
+# "Hoffmann-La Roche Inc. with an office and place of business", "NETGEAR with respect to the
+# purchase": the name ends where the sentence goes on in lower case ("of the", "de la" do not)
+_SENTENCE_TAIL = re.compile(r"\s+(?=(?!(?:of|the|and|de|du|la|le|von|van|der|for|in|on|at|a|an)\b)[a-z][\w'-]*\s+[a-z])")
+_NOT_A_PARTY = re.compile(r"\b(?:AGREEMENT|CONTRACT)\b|\d:\d", re.I)
 _ABBREVIATIONS = frozenset("inc ltd co corp lp llc nv sa bv ag no st mr ms dr jr sr plc u.s l.p n.v s.a".split())
 
 
@@ -380,7 +386,7 @@ class LegalModule(DomainModule[LegalConfig]):
     )
     config_model = LegalConfig
     payload_indexes = {TITLE_KEY: IndexType.KEYWORD, PARTIES_KEY: IndexType.KEYWORD, "meta.agreement_type": IndexType.KEYWORD}
-    enrich_version = "legal-3"
+    enrich_version = "legal-4"
     route_examples = [
         "Which state's law governs the distribution agreement?",
         "Does a party have the right to audit the books and records of the counterparty?",

@@ -101,6 +101,22 @@ def test_enrich_reads_titles_a_simple_heading_rule_misses(eval_dir: Path, patter
     assert LegalModule().enrich(path.read_text(errors="replace"), path.name, {})["title"] == title
 
 
+@pytest.mark.parametrize(
+    ("pattern", "parties"),
+    [
+        # the name ends where the preamble's sentence goes on in lower case
+        ("cuad_FOUNDATIONMEDICINE_INC_02_02_2015-EX-10.2-Collaboration_Agreement.txt",
+         ["F. Hoffmann-La Roche Ltd", "Hoffmann-La Roche Inc.", "Foundation Medicine"]),
+        ("cuad_NETGEAR_INC_04_21_2003-EX-10.16-AMENDMENT_TO_THE_DISTRIBUTOR*", ["NETGEAR"]),
+        # "Distributor will be by INCOTERMS Ex-works" is no party: only the filer's name is stored
+        ("cuad_GentechHoldings*Distributor_Agreement.txt", []),
+    ],
+)
+def test_enrich_reads_party_names_not_the_sentence_around_them(eval_dir: Path, pattern, parties) -> None:
+    [path] = (eval_dir / "cuad" / "corpus").glob(pattern)
+    assert LegalModule().enrich(path.read_text(errors="replace"), path.name, {}).get("parties", []) == parties
+
+
 def test_enrich_reads_date_and_governing_law(eval_dir: Path) -> None:
     [path] = (eval_dir / "cuad" / "corpus").glob("cuad_WARNERCHILCOTTPLC_12_31_2003*")
     meta = LegalModule().enrich(path.read_text(errors="replace"), path.name, {})

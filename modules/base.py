@@ -199,6 +199,9 @@ class DomainModule(ABC, Generic[ConfigT]):
 class FetchContext(ABC):
     """Retrieval from one collection for one tenant, as modules see it (`modules.fetch`)."""
 
+    #: Time spent embedding question texts so far, in ms: not a module stage (`retrieval.curate`).
+    embedding_ms: float = 0.0
+
     @abstractmethod
     def search(
         self,

@@ -169,14 +169,10 @@ class SearchService:
         )
 
     def curate(self, module: DomainModule, question: str, search: CollectionSearch, trace: Trace) -> Curated:
-        """Run the module's stages, recording them in `trace` (blocking: call from a thread).
-        The question's embedding (whatever text the module embedded, and the routing one) is
-        reported as `embed_question`, apart from the fetch stage that computed it."""
-        embedded_before = search.embedding_ms
+        """Run the module's stages, recording them in `trace` (blocking: call from a thread),
+        with the question's embedding (the module's and the routing one) as `embed_question`."""
         curated = curate(module, question, search)
-        latency = dict(curated.latency_ms)
-        latency["fetch"] = round(latency["fetch"] - (search.embedding_ms - embedded_before), 3)
-        trace.data["latency_ms"].update(latency, embed_question=round(search.embedding_ms, 3))
+        trace.data["latency_ms"].update(curated.latency_ms, embed_question=round(search.embedding_ms, 3))
         query = curated.query
         trace.stage("analyze", {"entities": query.entities, "periods": query.periods, "doc_types": query.doc_types})
         trace.stage("candidates", [candidate_summary(c) for c in curated.candidates])

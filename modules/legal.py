@@ -4,7 +4,8 @@ At ingestion `enrich` reads the contract's title, parties (from the preamble), e
 date, governing law and clause headings. At query time a question naming a contract ("In
 the SUPPLY AGREEMENT between A and B: ...") is resolved to that contract through the
 indexed title and party keys, and the clause question is searched with the words contracts
-use for it (audit rights -> "audit, inspect, books and records").
+use for it (audit rights -> "audit, inspect, books and records"); within the contract, with a
+model clause of the kind asked about instead of the question.
 """
 
 from __future__ import annotations
@@ -77,6 +78,128 @@ CLAUSE_TERMS: list[tuple[re.Pattern[str], str]] = [
         (r"expir|initial term", "term of this agreement shall commence and continue until expire years"),
         (r"renewal term|renew", "automatically renew successive renewal term years unless"),
         (r"notice .*terminate renewal|notice period|non-?renewal", "written notice of non-renewal days prior to the expiration of the then-current term"),
+    ]
+]
+# Clause kinds -> a model clause, worded as contracts word them; the first kind that matches
+# counts, so a kind comes before any whose pattern also matches its questions (exceptions to
+# a non-compete before the non-compete, joint IP ownership before IP ownership).
+# Within a named contract the model clause is what is embedded (and its words join the BM25
+# query) instead of the question: a contract's audit clause reads like another contract's
+# audit clause far more than like "Does a party have the right to audit ...?".
+MODEL_CLAUSES: list[tuple[re.Pattern[str], str]] = [
+    (re.compile(p, re.I), clause) for p, clause in [
+        (r"competitive restriction exception|exceptions or carveouts",
+         "Notwithstanding the foregoing restrictions, nothing in this Section shall prevent either party from "
+         "owning less than five percent of a publicly traded company or engaging in the excepted activities."),
+        (r"\baudit",
+         "The Licensee shall keep complete and accurate books and records, and the Licensor may, upon "
+         "reasonable notice and during normal business hours, audit and inspect such books and records to "
+         "verify compliance with this Agreement."),
+        (r"govern(?:ing|s)?\b.*\blaw|\blaw\b.*\bgovern",
+         "This Agreement shall be governed by and construed in accordance with the laws of the State of New "
+         "York, without regard to its conflict of laws principles."),
+        (r"non-?compet|\bcompete\b",
+         "During the term of this Agreement and for a period thereafter, the Company shall not, directly or "
+         "indirectly, engage in, own or operate any business that competes with the business of the other "
+         "party in the Territory."),
+        (r"exclusiv",
+         "The Distributor shall be the exclusive distributor of the Products in the Territory, and the Company"
+         " shall not appoint any other distributor or sell the Products to any third party in the Territory."),
+        (r"no-?solicit.*customer|soliciting customers|solicit(?:ing)? .*customers",
+         "Neither party shall, directly or indirectly, solicit or induce any customer or client of the other "
+         "party to terminate or reduce its business with the other party."),
+        (r"solicit.*employee|hiring employees",
+         "During the term and for twelve months thereafter, neither party shall solicit for employment or hire"
+         " any employee of the other party without its prior written consent."),
+        (r"non-?disparag|disparage",
+         "Neither party shall make any statement that disparages or is derogatory of the other party or its "
+         "products, officers or directors."),
+        (r"terminat\w* .*without cause|for convenience",
+         "Either party may terminate this Agreement at any time, for any reason or no reason, upon thirty (30)"
+         " days prior written notice to the other party."),
+        (r"\brofr\b|first refusal|first offer|first negotiation",
+         "Before selling or licensing the rights to any third party, the Company shall first offer them to the"
+         " other party, which shall have a right of first refusal to accept such offer on the same terms."),
+        (r"change of control",
+         "In the event of a change of control of a party, including a merger, acquisition or sale of all or "
+         "substantially all of its assets, the other party may terminate this Agreement upon written notice."),
+        (r"anti-?assignment|assigned to a third party|\bassign",
+         "Neither party may assign or transfer this Agreement or any of its rights or obligations hereunder "
+         "without the prior written consent of the other party."),
+        (r"revenue.*shar|profit.*shar|share revenue",
+         "The Company shall pay to the other party a royalty equal to a percentage of Net Sales, and the "
+         "parties shall share the net profits as set forth herein."),
+        (r"price restriction|raise or reduce prices",
+         "The prices set forth in Exhibit A shall remain fixed and may not be increased during the term of "
+         "this Agreement except as provided herein."),
+        (r"minimum (?:order|commitment|amount)",
+         "The Distributor shall purchase a minimum quantity of Products in each contract year, and shall pay "
+         "for any shortfall from the minimum purchase commitment."),
+        (r"volume restriction|exceeds certain threshold",
+         "If the usage of the services exceeds the volume threshold set forth in the order, the customer shall"
+         " pay additional fees for the excess usage."),
+        (r"covenant not to sue|contesting the validity",
+         "Licensee shall not contest or challenge the validity of Licensor's ownership of the Licensed Marks "
+         "or bring any claim against Licensor in connection therewith."),
+        (r"joint .*ownership|shared ownership|jointly owned",
+         "Any intellectual property jointly developed by the parties shall be jointly owned by the parties, "
+         "each having an undivided interest therein."),
+        (r"ip ownership|intellectual property .*property of|ownership of intellectual property|assignment of ip",
+         "All work product, inventions and intellectual property created by the Consultant in performing the "
+         "services shall be the sole property of the Company, and the Consultant hereby assigns all right, "
+         "title and interest therein to the Company."),
+        (r"affiliate.*licen[cs]|licen[cs].*affiliate",
+         "Licensor and its Affiliates hereby grant to Licensee and its Affiliates a license under the patents "
+         "and know-how owned or controlled by Licensor or its Affiliates."),
+        (r"non-?transferable|transfer the licen",
+         "The license granted herein is non-transferable and non-sublicensable, and Licensee may not transfer "
+         "or sublicense its rights to any third party."),
+        (r"unlimited|all you can eat|enterprise",
+         "Licensee may use the Software on an unlimited number of computers by an unlimited number of users "
+         "throughout its enterprise, without additional license fees."),
+        (r"irrevocable|perpetual",
+         "Licensor grants Licensee a perpetual, irrevocable, royalty-free license to use the Licensed "
+         "Materials."),
+        (r"license grant|licen[cs]e granted|grant.*licen[cs]e",
+         "Licensor hereby grants to Licensee a non-exclusive, non-transferable license to use the Licensed "
+         "Technology during the term of this Agreement."),
+        (r"source code escrow|escrow",
+         "Licensor shall deposit the source code of the Software with an escrow agent, to be released to "
+         "Licensee upon the bankruptcy of Licensor or its failure to maintain the Software."),
+        (r"post-?termination",
+         "Upon termination or expiration of this Agreement, the Supplier shall continue to provide transition "
+         "services for a wind-down period, and the provisions that by their nature survive shall survive "
+         "termination."),
+        (r"uncapped liability|liability uncapped",
+         "The limitations of liability in this Section shall not apply to a party's indemnification "
+         "obligations, breach of confidentiality, or gross negligence or willful misconduct."),
+        (r"cap on liability|limitation of liability|maximum amount",
+         "In no event shall either party's aggregate liability under this Agreement exceed the total amounts "
+         "paid by Customer in the twelve months preceding the claim."),
+        (r"liquidated damages|termination fee",
+         "If the Agreement is terminated early, the terminating party shall pay a termination fee as "
+         "liquidated damages and not as a penalty."),
+        (r"warranty",
+         "The Company warrants that the Products shall be free from defects in materials and workmanship for a"
+         " period of twelve (12) months from the date of delivery."),
+        (r"insurance",
+         "Each party shall maintain, at its own expense, commercial general liability insurance with coverage "
+         "of at least $1,000,000 per occurrence and name the other party as an additional insured."),
+        (r"third party beneficiar|non-contracting party",
+         "Nothing in this Agreement shall confer any rights or remedies upon any person other than the "
+         "parties, and there are no third party beneficiaries of this Agreement."),
+        (r"most favored|better terms",
+         "If the Supplier offers any other customer more favorable prices or terms for the same products, it "
+         "shall offer such more favorable prices or terms to the Company."),
+        (r"expir|initial term",
+         "This Agreement shall commence on the Effective Date and continue for an initial term of five (5) "
+         "years, unless terminated earlier as provided herein."),
+        (r"notice .*terminate renewal|notice period|non-?renewal",
+         "Either party may elect not to renew this Agreement by giving written notice of non-renewal at least "
+         "ninety (90) days prior to the expiration of the then-current term."),
+        (r"renewal term|renew",
+         "This Agreement shall automatically renew for successive one-year renewal terms unless either party "
+         "gives notice of non-renewal."),
     ]
 ]
 # Clauses stated in the preamble, next to the contract's name and parties: the whole question
@@ -153,6 +276,14 @@ class LegalConfig(ModuleConfig):
         "alone, not by the whole question: there the contract's name and parties only pull its preamble and "
         "signature page first. Not for clauses the preamble states (agreement and effective dates). The clause "
         "question is then what is embedded, and what similarities (score floor, confidence) are measured against.",
+    )
+    model_clauses: bool = Field(
+        True,
+        description="Where the clause question alone is searched (above) and the clause is of a kind Sieve has a "
+        "model clause for (audit rights, non-compete, cap on liability, ...; the module's MODEL_CLAUSES), search "
+        "with that model clause instead: it is what is embedded (and what similarities are measured against), "
+        "and its words with the clause terms are the BM25 query. Contracts word a clause like other contracts, "
+        "not like the question.",
     )
     annotate_dates: bool = Field(True, description="Add the ISO form next to dates (June 21, 1999 [= 1999-06-21]).")
 
@@ -347,6 +478,11 @@ def clause_terms(clause: str) -> str:
     return " ".join(dict.fromkeys(terms for pattern, terms in CLAUSE_TERMS if pattern.search(clause)))
 
 
+def model_clause(clause: str) -> str | None:
+    """A clause of the kind the question asks about, as a contract words it (None if no kind matches)."""
+    return next((model for pattern, model in MODEL_CLAUSES if pattern.search(clause)), None)
+
+
 def match_parties(parties: str, known: dict[str, int], threshold: float) -> list[str]:
     """Stored party keys the question's party text names: a multi-word key as whole words of
     it, a squashed key equal to one named party or a prefix of it (or it of the key: "Adams
@@ -411,10 +547,14 @@ class LegalModule(DomainModule[LegalConfig]):
             query.entities = [parsed["title"], parsed["parties"]]
             query.notes["contract"] = parsed
         clause = parsed["clause"] if parsed else question
-        if self.config.expand_clause_terms and (terms := clause_terms(clause)):
+        terms = clause_terms(clause) if self.config.expand_clause_terms else ""
+        if terms:
             query.notes["search_text"] = f"{clause} {terms}"
         elif parsed:
             query.notes["search_text"] = clause
+        if parsed and self.config.model_clauses and (model := model_clause(clause)):
+            query.notes["model_clause"] = model
+            query.notes["model_clause_keywords"] = f"{terms} {model}".strip()
         return query
 
     def fetch(self, query: Query, ctx: FetchContext) -> list[Candidate]:
@@ -424,9 +564,11 @@ class LegalModule(DomainModule[LegalConfig]):
         # name and parties help find it); the clause terminology widens the BM25 side.
         keywords = query.notes.get("search_text")
 
-        def search(f: Filter | None, prefer: Filter | None = None, text: str = query.text) -> list[Candidate]:
+        def search(
+            f: Filter | None, prefer: Filter | None = None, text: str = query.text, sparse: str | None = keywords,
+        ) -> list[Candidate]:
             return ctx.search(text, limit=cfg.top_k, mode=cfg.retrieval, fusion=cfg.fusion, filter=f,
-                              prefer=prefer, sparse_text=keywords)
+                              prefer=prefer, sparse_text=sparse)
 
         if not (cfg.use_question_filters and cfg.contract_filter and contract):
             return search(query.filter if cfg.use_question_filters else None)
@@ -436,8 +578,10 @@ class LegalModule(DomainModule[LegalConfig]):
             # The parties identify the contract: only its chunks are searched (and kept).
             by_parties = Filter(must=[MatchAny(key=PARTIES_KEY, any=parties)])
             clause_only = cfg.clause_only_within_contract and keywords and not _PREAMBLE_CLAUSE.search(contract["clause"])
-            within = keywords if clause_only else query.text
-            hits = search(by_parties, text=within)
+            if clause_only and "model_clause" in query.notes:
+                hits = search(by_parties, text=query.notes["model_clause"], sparse=query.notes["model_clause_keywords"])
+            else:
+                hits = search(by_parties, text=keywords if clause_only else query.text)
             if hits:
                 query.filter = by_parties
                 query.notes["contract_filter"] = by_parties.model_dump()

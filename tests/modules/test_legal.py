@@ -16,6 +16,7 @@ from modules.legal import (
     _filename_filer,
     clause_terms,
     match_parties,
+    model_clause,
     parse_question,
 )
 from tests.modules.contract import ModuleContract, RecordingSearch, make_candidate
@@ -159,7 +160,7 @@ def test_clause_questions_get_contract_wording() -> None:
 
 
 def test_fetch_restricts_to_the_named_contract_and_searches_the_clause() -> None:
-    module = LegalModule()
+    module = LegalModule(LegalModule.config_model(model_clauses=False))
     query = module.analyze(QUESTION)
     search = RecordingSearch([make_candidate(0, AUDIT, meta=META_ESCROW)], values=KNOWN)
     module.fetch(query, search)
@@ -171,6 +172,65 @@ def test_fetch_restricts_to_the_named_contract_and_searches_the_clause() -> None
     assert keywords.startswith("Does a party have the right to audit") and "books and records" in keywords
     assert "CO-BRANDING" not in keywords
     assert call["text"] == keywords
+
+
+def test_within_the_contract_a_model_clause_stands_in_for_the_question() -> None:
+    module = LegalModule()
+    query = module.analyze(QUESTION)
+    search = RecordingSearch([make_candidate(0, AUDIT, meta=META_ESCROW)], values=KNOWN)
+    module.fetch(query, search)
+    [call] = search.calls
+    assert call["filter"].must == [MatchAny(key=PARTIES_KEY, any=["2themartcom", "i escrow", "iescrow"])]
+    clause = parse_question(QUESTION)["clause"]
+    model = model_clause(clause)
+    assert call["text"] == model == query.notes["model_clause"]
+    assert "audit and inspect such books and records" in model
+    # BM25 reads the clause terms and the model clause, not the question's own words.
+    assert call["sparse_text"] == f"{clause_terms(clause)} {model}"
+    assert "counterparty" not in call["sparse_text"]
+
+
+def test_a_clause_without_a_model_is_searched_with_the_clause_question() -> None:
+    question = "In the CO-BRANDING AND ADVERTISING AGREEMENT between I-ESCROW, INC. and 2THEMART.COM, INC.: Is it signed in ink?"
+    module = LegalModule()
+    query = module.analyze(question)
+    search = RecordingSearch([make_candidate(0, AUDIT, meta=META_ESCROW)], values=KNOWN)
+    module.fetch(query, search)
+    [call] = search.calls
+    assert "model_clause" not in query.notes
+    assert call["text"] == call["sparse_text"] == "Is it signed in ink?"
+
+
+@pytest.mark.parametrize(
+    ("clause", "model_words"),
+    [
+        # CUAD's own phrasings of the clause kinds whose patterns overlap: the specific kind wins.
+        ("Does the contract contain a license grant by affiliates of the licensor or that includes intellectual "
+         "property of affiliates of the licensor?", "Licensor and its Affiliates hereby grant"),
+        ("Does the contract contain a license grant that is irrevocable or perpetual?", "perpetual, irrevocable"),
+        ("Does the contract contain a license granted by one party to its counterparty?", "non-exclusive, non-transferable"),
+        ("Is a party’s liability uncapped upon the breach of its obligation in the contract?", "shall not apply"),
+        ("Does the contract include a cap on liability upon the breach of a party’s obligation?", "aggregate liability"),
+        ("How much notice is required to terminate renewal?", "notice of non-renewal at least ninety"),
+        ("What is the renewal term?", "automatically renew"),
+        ("On what date does the initial term expire?", "initial term of five (5) years"),
+        ("This category includes the exceptions or carveouts to Non-Compete, Exclusivity and No-Solicit of Customers "
+         "above.", "Notwithstanding the foregoing restrictions"),
+        ("Is there any clause providing for joint or shared ownership of intellectual property between the parties?",
+         "jointly owned"),
+        ("Is a party restricted from contesting the validity of the counterparty’s ownership of intellectual "
+         "property?", "shall not contest or challenge"),
+        ("Does the contract limit the ability of a party to transfer the license being granted to a third party?",
+         "non-transferable and non-sublicensable"),
+        ("Is there a restriction on a party’s soliciting or hiring employees and/or contractors from the counterparty?",
+         "solicit for employment or hire"),
+        ("Which state/country's law governs the interpretation of the contract?", "governed by and construed"),
+        ("What colour is the logo?", None),
+    ],
+)
+def test_each_clause_kind_gets_its_own_model_clause(clause: str, model_words: str | None) -> None:
+    model = model_clause(clause)
+    assert (model is None) if model_words is None else (model_words in model)
 
 
 def test_within_the_contract_the_whole_question_can_be_searched() -> None:

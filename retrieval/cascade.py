@@ -42,6 +42,7 @@ from core.settings import ModelTier
 from modules.base import Candidate, ModuleConfig
 from retrieval.confidence import (
     DEFAULT_CALIBRATOR,
+    FITTED_WITH_ADAPTER,
     StoredCalibration,
     answer_features,
     context_features,
@@ -73,6 +74,10 @@ class CascadeAnswer:
 def tier_cost(tier: ModelTier, prompt_tokens: int, completion_tokens: int) -> float:
     """Cost of one call at the tier's prices per 1k tokens."""
     return prompt_tokens / 1000 * tier.price_in_per_1k + completion_tokens / 1000 * tier.price_out_per_1k
+
+
+def _small_model(adapter: str | None) -> str:
+    return f"adapter {adapter}" if adapter else "the base model"
 
 
 def escalation_threshold(config: ModuleConfig, calibration: StoredCalibration | None) -> float:
@@ -113,11 +118,19 @@ class Cascade:
     ) -> CascadeAnswer:
         if mode not in MODES:
             raise ValueError(f"unknown answer mode {mode!r}")
+        record: dict = {}
+        if calibration is not None and not calibration.applies_to(config.adapter):
+            record["calibration_skipped"] = (
+                f"version {calibration.version} was fitted on answers of "
+                f"{_small_model(calibration.metrics[FITTED_WITH_ADAPTER])}, the module now uses "
+                f"{_small_model(config.adapter)}: recalibrate"
+            )
+            calibration = None
         calibrator = calibration.calibrator if calibration else DEFAULT_CALIBRATOR
         started = time.perf_counter()
         ctx_features = context_features(question, context)
         confidence_ms = (time.perf_counter() - started) * 1000
-        record: dict = {"features": ctx_features, "calibration_version": calibration.version if calibration else None}
+        record.update(features=ctx_features, calibration_version=calibration.version if calibration else None)
         trace.set("cost", {"small": 0.0, "large": 0.0, "total": 0.0})
 
         missing_adapter: str | None = None

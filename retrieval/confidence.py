@@ -346,6 +346,10 @@ def cross_validated(
 # ---- stored calibrations ----
 
 
+# Key of a stored calibration's metrics naming the small-model adapter its answers came from.
+FITTED_WITH_ADAPTER = "fitted_with_adapter"
+
+
 @dataclass(frozen=True)
 class StoredCalibration:
     version: int
@@ -353,11 +357,21 @@ class StoredCalibration:
     metrics: dict[str, Any]
     created_at: datetime | None = None
 
+    def applies_to(self, adapter: str | None) -> bool:
+        """Whether the calibration was fitted on answers of the small model with `adapter` (None:
+        the base model). Another adapter answers with other confidences, so a calibration holds
+        only for the one it was fitted with; one stored before adapters were recorded, for any."""
+        return FITTED_WITH_ADAPTER not in self.metrics or self.metrics[FITTED_WITH_ADAPTER] == adapter
+
 
 async def save_calibration(
-    engine: AsyncEngine, *, tenant: str, module: str, calibrator: Calibrator, metrics: dict[str, Any]
+    engine: AsyncEngine, *, tenant: str, module: str, calibrator: Calibrator, metrics: dict[str, Any],
+    adapter: str | None,
 ) -> StoredCalibration:
-    """Store a new version of the module's calibration; it applies from the next question."""
+    """Store a new version of the module's calibration, fitted on answers of the small model
+    with `adapter` (None: the base model); it applies from the next question the module's
+    small model answers with that adapter."""
+    metrics = {**metrics, FITTED_WITH_ADAPTER: adapter}
     table = db.calibrations
     async with engine.begin() as conn:
         latest = await conn.scalar(

@@ -521,8 +521,10 @@ async def calibrate(
             metrics["cross_validated"] = calibration_metrics(cross_validated(features, labels, l2=l2), labels)
         headline = metrics.get("cross_validated", metrics["in_sample"])
         metrics.update(n=len(labels), brier=headline["brier"], ece=headline["ece"])
+        fitted, _ = await service.module_for(tenant, key)
         stored = await save_calibration(
-            service.resources.db, tenant=tenant, module=key, calibrator=calibrator, metrics=metrics
+            service.resources.db, tenant=tenant, module=key, calibrator=calibrator, metrics=metrics,
+            adapter=fitted.config.adapter,
         )
         reports.append(CalibrationReport(key, stored, metrics))
     return reports

@@ -170,6 +170,27 @@ def test_a_target_share_becomes_a_threshold_only_with_a_calibration() -> None:
 ADAPTER = "generic-0123456789ab"
 
 
+async def test_a_calibration_fitted_with_another_adapter_is_not_used() -> None:
+    # Fitted to give every answer confidence ~1: applied, it would answer without escalating.
+    trusting = Calibrator(features=["grounding"], coef=[0.0], intercept=20.0, mean=[0.0], scale=[1.0],
+                          quantiles=[i / 100 for i in range(101)])
+    stored = StoredCalibration(version=4, calibrator=trusting, metrics={"fitted_with_adapter": ADAPTER})
+    config = ModuleConfig(escalate_below=0.5)
+    small, large = ScriptedClient(UNSURE, logprob=-2.5, loaded={ADAPTER}), ScriptedClient(GOOD)
+    used = new_trace()
+    out = await answer(tier("small", small), tier("large", large), config=config.model_copy(update={"adapter": ADAPTER}),
+                       calibration=stored, trace=used)
+    assert out.decision == "answered" and used.data["confidence"]["calibration_version"] == 4
+    # The module switched back to the base model: the default confidence model decides, and the trace says why.
+    skipped = new_trace()
+    out = await answer(tier("small", small), tier("large", large), config=config, calibration=stored, trace=skipped)
+    record = skipped.data["confidence"]
+    assert out.decision == "escalated" and record["calibration_version"] is None
+    assert record["calibration_skipped"] == (
+        "version 4 was fitted on answers of adapter generic-0123456789ab, the module now uses the base model: recalibrate"
+    )
+
+
 async def test_the_small_model_answers_with_the_modules_adapter_and_the_trace_names_it() -> None:
     small, large = ScriptedClient(UNSURE, logprob=-2.5, loaded={ADAPTER}), ScriptedClient(GOOD)
     trace = new_trace()

@@ -14,6 +14,7 @@ from modules.base import Candidate
 from retrieval.confidence import (
     DEFAULT_CALIBRATOR,
     Calibrator,
+    StoredCalibration,
     answer_features,
     calibration_metrics,
     content_words,
@@ -158,13 +159,23 @@ async def test_calibrations_are_versioned_per_tenant_and_module(tmp_path) -> Non
     try:
         assert await load_calibration(engine, tenant="t1", module="finance") is None
         first = await save_calibration(engine, tenant="t1", module="finance", calibrator=DEFAULT_CALIBRATOR,
-                                       metrics={"brier": 0.2})
+                                       metrics={"brier": 0.2}, adapter=None)
         fitted = Calibrator.fit([{"grounding": 0.1}, {"grounding": 0.9}], [0, 1], features=["grounding"])
-        second = await save_calibration(engine, tenant="t1", module="finance", calibrator=fitted, metrics={"brier": 0.1})
+        second = await save_calibration(engine, tenant="t1", module="finance", calibrator=fitted, metrics={"brier": 0.1},
+                                        adapter="finance-0123456789ab")
         assert (first.version, second.version) == (1, 2)
         latest = await load_calibration(engine, tenant="t1", module="finance")
-        assert latest.version == 2 and latest.calibrator == fitted and latest.metrics == {"brier": 0.1}
+        assert latest.version == 2 and latest.calibrator == fitted and latest.metrics["brier"] == 0.1
+        # It holds for the small model with the adapter it was fitted with, not the base model or another.
+        assert latest.applies_to("finance-0123456789ab")
+        assert not latest.applies_to(None) and not latest.applies_to("finance-ba9876543210")
+        assert first.applies_to(None) and not first.applies_to("finance-0123456789ab")
         assert await load_calibration(engine, tenant="t2", module="finance") is None
         assert await load_calibration(engine, tenant="t1", module="legal") is None
     finally:
         await engine.dispose()
+
+
+def test_a_calibration_stored_before_adapters_were_recorded_applies_to_any() -> None:
+    stored = StoredCalibration(version=1, calibrator=DEFAULT_CALIBRATOR, metrics={"brier": 0.2})
+    assert stored.applies_to(None) and stored.applies_to("legal-0123456789ab")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 from bisect import bisect_left
+from dataclasses import dataclass
 from difflib import get_close_matches
 from pathlib import PurePath
 from typing import Any
@@ -35,171 +36,178 @@ from modules.registry import register
 TITLE_KEY = "meta.title_key"
 PARTIES_KEY = "meta.party_keys"
 
-# Clause categories (CUAD's and common phrasings) -> the words contracts use for them.
-CLAUSE_TERMS: list[tuple[re.Pattern[str], str]] = [
-    (re.compile(p, re.I), terms) for p, terms in [
-        (r"\baudit", "audit inspect examine books and records accounts during normal business hours"),
-        (r"govern(?:ing|s)?\b.*\blaw|\blaw\b.*\bgovern", "governed by and construed in accordance with the laws of the State of"),
-        (r"non-?compet|\bcompete\b", "shall not compete engage in any competing business during the term territory"),
-        (r"exclusiv", "exclusive exclusively sole supplier requirements shall not appoint any other"),
-        (r"no-?solicit.*customer|soliciting customers|solicit(?:ing)? .*customers", "shall not solicit customers clients divert business"),
-        (r"solicit.*employee|hiring employees", "shall not solicit hire employ employees personnel"),
-        (r"non-?disparag|disparage", "shall not disparage make any negative or derogatory statements"),
-        (r"terminat\w* .*without cause|for convenience", "may terminate this agreement at any time for convenience without cause upon written notice"),
-        (r"\brofr\b|first refusal|first offer|first negotiation", "right of first refusal first offer first negotiation"),
-        (r"change of control", "change of control merger acquisition sale of all or substantially all assets terminate consent"),
-        (r"anti-?assignment|assigned to a third party|\bassign", "may not assign transfer this agreement without the prior written consent"),
-        (r"revenue.*shar|profit.*shar|share revenue", "royalty revenue share percentage of net sales profits"),
-        (r"price restriction|raise or reduce prices", "prices shall not increase price adjustment most favored pricing"),
-        (r"minimum (?:order|commitment|amount)", "minimum purchase order quantity commitment per year"),
-        (r"volume restriction|exceeds certain threshold", "exceed volume threshold additional fees usage limit"),
-        (r"ip ownership|intellectual property .*property of|ownership of intellectual property|assignment of ip",
-         "intellectual property shall be owned by vest assign all right title and interest work product inventions"),
-        (r"joint .*ownership|shared ownership|jointly owned", "jointly owned joint ownership intellectual property"),
-        (r"license grant|licen[cs]e granted|grant.*licen[cs]e", "hereby grants a non-exclusive license right to use"),
-        (r"non-?transferable", "non-transferable license may not sublicense transfer"),
-        (r"affiliate.*licen[cs]|licen[cs].*affiliate", "license affiliates subsidiaries sublicense"),
-        (r"unlimited|all you can eat|enterprise", "unlimited enterprise-wide license all users"),
-        (r"irrevocable|perpetual", "perpetual irrevocable license"),
-        (r"source code escrow|escrow", "source code escrow agent deposit release conditions"),
-        (r"post-?termination", "upon termination or expiration shall survive transition wind down return"),
-        (r"\baudit\b", "audit"),
-        (r"uncapped liability|liability uncapped", "liability shall not be limited unlimited indemnification exclusions"),
-        (r"cap on liability|limitation of liability|maximum amount", "limitation of liability in no event shall liability exceed aggregate amount paid"),
-        (r"liquidated damages|termination fee", "liquidated damages termination fee penalty"),
-        (r"warranty", "warrants warranty free from defects for a period of months"),
-        (r"insurance", "insurance maintain coverage policy insured general liability"),
-        (r"covenant not to sue|contesting the validity", "shall not contest challenge the validity of ownership covenant not to sue"),
-        (r"third party beneficiar|non-contracting party", "third party beneficiary no third party beneficiaries"),
-        (r"most favored|better terms", "most favored nation terms no less favorable than those offered to any other customer"),
-        (r"competitive restriction exception|exceptions or carveouts", "notwithstanding the foregoing exception shall not restrict"),
-        (r"agreement date|dated as of|date of (?:this|the) agreement", "dated as of made and entered into this day of"),
-        (r"effective date", "effective date shall become effective as of"),
-        (r"expir|initial term", "term of this agreement shall commence and continue until expire years"),
-        (r"renewal term|renew", "automatically renew successive renewal term years unless"),
-        (r"notice .*terminate renewal|notice period|non-?renewal", "written notice of non-renewal days prior to the expiration of the then-current term"),
-    ]
-]
-# Clause kinds -> a model clause, worded as contracts word them; the first kind that matches
-# counts, so a kind comes before any whose pattern also matches its questions (exceptions to
-# a non-compete before the non-compete, joint IP ownership before IP ownership).
-# Within a named contract the model clause is what is embedded (and its words join the BM25
-# query) instead of the question: a contract's audit clause reads like another contract's
-# audit clause far more than like "Does a party have the right to audit ...?".
-MODEL_CLAUSES: list[tuple[re.Pattern[str], str]] = [
-    (re.compile(p, re.I), clause) for p, clause in [
+
+# Clause kinds (CUAD's and common phrasings): the words contracts use for each, and a model
+# clause worded as a contract words it (None for the preamble's dates). A question gets the
+# words of every kind it matches, and the model clause of the first kind that has one, so a
+# kind comes before any whose pattern also matches its questions (exceptions to a non-compete
+# before the non-compete, joint IP ownership before IP ownership). Within a named contract the
+# model clause is what is embedded (and its words join the BM25 query) instead of the
+# question: a contract's audit clause reads like another contract's audit clause far more
+# than like "Does a party have the right to audit ...?".
+@dataclass(frozen=True)
+class ClauseKind:
+    pattern: re.Pattern[str]
+    terms: str
+    model: str | None
+
+
+CLAUSE_KINDS: list[ClauseKind] = [
+    ClauseKind(re.compile(p, re.I), terms, model) for p, terms, model in [
         (r"competitive restriction exception|exceptions or carveouts",
+         "notwithstanding the foregoing exception shall not restrict",
          "Notwithstanding the foregoing restrictions, nothing in this Section shall prevent either party from "
          "owning less than five percent of a publicly traded company or engaging in the excepted activities."),
         (r"\baudit",
+         "audit inspect examine books and records accounts during normal business hours",
          "The Licensee shall keep complete and accurate books and records, and the Licensor may, upon "
          "reasonable notice and during normal business hours, audit and inspect such books and records to "
          "verify compliance with this Agreement."),
         (r"govern(?:ing|s)?\b.*\blaw|\blaw\b.*\bgovern",
+         "governed by and construed in accordance with the laws of the State of",
          "This Agreement shall be governed by and construed in accordance with the laws of the State of New "
          "York, without regard to its conflict of laws principles."),
         (r"non-?compet|\bcompete\b",
+         "shall not compete engage in any competing business during the term territory",
          "During the term of this Agreement and for a period thereafter, the Company shall not, directly or "
          "indirectly, engage in, own or operate any business that competes with the business of the other "
          "party in the Territory."),
         (r"exclusiv",
+         "exclusive exclusively sole supplier requirements shall not appoint any other",
          "The Distributor shall be the exclusive distributor of the Products in the Territory, and the Company"
          " shall not appoint any other distributor or sell the Products to any third party in the Territory."),
         (r"no-?solicit.*customer|soliciting customers|solicit(?:ing)? .*customers",
+         "shall not solicit customers clients divert business",
          "Neither party shall, directly or indirectly, solicit or induce any customer or client of the other "
          "party to terminate or reduce its business with the other party."),
         (r"solicit.*employee|hiring employees",
+         "shall not solicit hire employ employees personnel",
          "During the term and for twelve months thereafter, neither party shall solicit for employment or hire"
          " any employee of the other party without its prior written consent."),
         (r"non-?disparag|disparage",
+         "shall not disparage make any negative or derogatory statements",
          "Neither party shall make any statement that disparages or is derogatory of the other party or its "
          "products, officers or directors."),
         (r"terminat\w* .*without cause|for convenience",
+         "may terminate this agreement at any time for convenience without cause upon written notice",
          "Either party may terminate this Agreement at any time, for any reason or no reason, upon thirty (30)"
          " days prior written notice to the other party."),
         (r"\brofr\b|first refusal|first offer|first negotiation",
+         "right of first refusal first offer first negotiation",
          "Before selling or licensing the rights to any third party, the Company shall first offer them to the"
          " other party, which shall have a right of first refusal to accept such offer on the same terms."),
         (r"change of control",
+         "change of control merger acquisition sale of all or substantially all assets terminate consent",
          "In the event of a change of control of a party, including a merger, acquisition or sale of all or "
          "substantially all of its assets, the other party may terminate this Agreement upon written notice."),
         (r"anti-?assignment|assigned to a third party|\bassign",
+         "may not assign transfer this agreement without the prior written consent",
          "Neither party may assign or transfer this Agreement or any of its rights or obligations hereunder "
          "without the prior written consent of the other party."),
         (r"revenue.*shar|profit.*shar|share revenue",
+         "royalty revenue share percentage of net sales profits",
          "The Company shall pay to the other party a royalty equal to a percentage of Net Sales, and the "
          "parties shall share the net profits as set forth herein."),
         (r"price restriction|raise or reduce prices",
+         "prices shall not increase price adjustment most favored pricing",
          "The prices set forth in Exhibit A shall remain fixed and may not be increased during the term of "
          "this Agreement except as provided herein."),
         (r"minimum (?:order|commitment|amount)",
+         "minimum purchase order quantity commitment per year",
          "The Distributor shall purchase a minimum quantity of Products in each contract year, and shall pay "
          "for any shortfall from the minimum purchase commitment."),
         (r"volume restriction|exceeds certain threshold",
+         "exceed volume threshold additional fees usage limit",
          "If the usage of the services exceeds the volume threshold set forth in the order, the customer shall"
          " pay additional fees for the excess usage."),
         (r"covenant not to sue|contesting the validity",
+         "shall not contest challenge the validity of ownership covenant not to sue",
          "Licensee shall not contest or challenge the validity of Licensor's ownership of the Licensed Marks "
          "or bring any claim against Licensor in connection therewith."),
         (r"joint .*ownership|shared ownership|jointly owned",
+         "jointly owned joint ownership intellectual property",
          "Any intellectual property jointly developed by the parties shall be jointly owned by the parties, "
          "each having an undivided interest therein."),
         (r"ip ownership|intellectual property .*property of|ownership of intellectual property|assignment of ip",
+         "intellectual property shall be owned by vest assign all right title and interest work product inventions",
          "All work product, inventions and intellectual property created by the Consultant in performing the "
          "services shall be the sole property of the Company, and the Consultant hereby assigns all right, "
          "title and interest therein to the Company."),
         (r"affiliate.*licen[cs]|licen[cs].*affiliate",
+         "license affiliates subsidiaries sublicense",
          "Licensor and its Affiliates hereby grant to Licensee and its Affiliates a license under the patents "
          "and know-how owned or controlled by Licensor or its Affiliates."),
         (r"non-?transferable|transfer the licen",
+         "non-transferable license may not sublicense transfer",
          "The license granted herein is non-transferable and non-sublicensable, and Licensee may not transfer "
          "or sublicense its rights to any third party."),
         (r"unlimited|all you can eat|enterprise",
+         "unlimited enterprise-wide license all users",
          "Licensee may use the Software on an unlimited number of computers by an unlimited number of users "
          "throughout its enterprise, without additional license fees."),
         (r"irrevocable|perpetual",
+         "perpetual irrevocable license",
          "Licensor grants Licensee a perpetual, irrevocable, royalty-free license to use the Licensed "
          "Materials."),
         (r"license grant|licen[cs]e granted|grant.*licen[cs]e",
+         "hereby grants a non-exclusive license right to use",
          "Licensor hereby grants to Licensee a non-exclusive, non-transferable license to use the Licensed "
          "Technology during the term of this Agreement."),
         (r"source code escrow|escrow",
+         "source code escrow agent deposit release conditions",
          "Licensor shall deposit the source code of the Software with an escrow agent, to be released to "
          "Licensee upon the bankruptcy of Licensor or its failure to maintain the Software."),
         (r"post-?termination",
+         "upon termination or expiration shall survive transition wind down return",
          "Upon termination or expiration of this Agreement, the Supplier shall continue to provide transition "
          "services for a wind-down period, and the provisions that by their nature survive shall survive "
          "termination."),
         (r"uncapped liability|liability uncapped",
+         "liability shall not be limited unlimited indemnification exclusions",
          "The limitations of liability in this Section shall not apply to a party's indemnification "
          "obligations, breach of confidentiality, or gross negligence or willful misconduct."),
         (r"cap on liability|limitation of liability|maximum amount",
+         "limitation of liability in no event shall liability exceed aggregate amount paid",
          "In no event shall either party's aggregate liability under this Agreement exceed the total amounts "
          "paid by Customer in the twelve months preceding the claim."),
         (r"liquidated damages|termination fee",
+         "liquidated damages termination fee penalty",
          "If the Agreement is terminated early, the terminating party shall pay a termination fee as "
          "liquidated damages and not as a penalty."),
         (r"warranty",
+         "warrants warranty free from defects for a period of months",
          "The Company warrants that the Products shall be free from defects in materials and workmanship for a"
          " period of twelve (12) months from the date of delivery."),
         (r"insurance",
+         "insurance maintain coverage policy insured general liability",
          "Each party shall maintain, at its own expense, commercial general liability insurance with coverage "
          "of at least $1,000,000 per occurrence and name the other party as an additional insured."),
         (r"third party beneficiar|non-contracting party",
+         "third party beneficiary no third party beneficiaries",
          "Nothing in this Agreement shall confer any rights or remedies upon any person other than the "
          "parties, and there are no third party beneficiaries of this Agreement."),
         (r"most favored|better terms",
+         "most favored nation terms no less favorable than those offered to any other customer",
          "If the Supplier offers any other customer more favorable prices or terms for the same products, it "
          "shall offer such more favorable prices or terms to the Company."),
         (r"expir|initial term",
+         "term of this agreement shall commence and continue until expire years",
          "This Agreement shall commence on the Effective Date and continue for an initial term of five (5) "
          "years, unless terminated earlier as provided herein."),
         (r"notice .*terminate renewal|notice period|non-?renewal",
+         "written notice of non-renewal days prior to the expiration of the then-current term",
          "Either party may elect not to renew this Agreement by giving written notice of non-renewal at least "
          "ninety (90) days prior to the expiration of the then-current term."),
         (r"renewal term|renew",
+         "automatically renew successive renewal term years unless",
          "This Agreement shall automatically renew for successive one-year renewal terms unless either party "
          "gives notice of non-renewal."),
+        (r"agreement date|dated as of|date of (?:this|the) agreement",
+         "dated as of made and entered into this day of",
+         None),
+        (r"effective date",
+         "effective date shall become effective as of",
+         None),
     ]
 ]
 # Clauses stated in the preamble, next to the contract's name and parties: the whole question
@@ -280,7 +288,7 @@ class LegalConfig(ModuleConfig):
     model_clauses: bool = Field(
         True,
         description="Where the clause question alone is searched (above) and the clause is of a kind Sieve has a "
-        "model clause for (audit rights, non-compete, cap on liability, ...; the module's MODEL_CLAUSES), search "
+        "model clause for (audit rights, non-compete, cap on liability, ...; the module's CLAUSE_KINDS), search "
         "with that model clause instead: it is what is embedded (and what similarities are measured against), "
         "and its words with the clause terms are the BM25 query. Contracts word a clause like other contracts, "
         "not like the question.",
@@ -475,12 +483,12 @@ def parse_question(question: str) -> dict[str, str] | None:
 
 def clause_terms(clause: str) -> str:
     """The words contracts use for the clause a question asks about ("" if none is known)."""
-    return " ".join(dict.fromkeys(terms for pattern, terms in CLAUSE_TERMS if pattern.search(clause)))
+    return " ".join(dict.fromkeys(kind.terms for kind in CLAUSE_KINDS if kind.pattern.search(clause)))
 
 
 def model_clause(clause: str) -> str | None:
     """A clause of the kind the question asks about, as a contract words it (None if no kind matches)."""
-    return next((model for pattern, model in MODEL_CLAUSES if pattern.search(clause)), None)
+    return next((kind.model for kind in CLAUSE_KINDS if kind.model and kind.pattern.search(clause)), None)
 
 
 def match_parties(parties: str, known: dict[str, int], threshold: float) -> list[str]:

@@ -413,13 +413,15 @@ class EdgeVectorStore(VectorStore):
                 qe.Prefetch(limit=candidates, query=sparse_query, filter=flt, params=sparse_params),
             ]
 
+        # Filters go to the searches only: the engine passes a fusion's filter down to its
+        # prefetches, where each repeated condition is checked again for every point admitted.
         def ranking(flt: qe.Filter | None) -> qe.Prefetch:
             if hybrid:
-                return qe.Prefetch(limit=limit, prefetches=candidate_lists(flt), query=fuse, filter=flt)
+                return qe.Prefetch(limit=limit, prefetches=candidate_lists(flt), query=fuse)
             return qe.Prefetch(limit=limit, query=single_query, filter=flt, params=single_params)
 
         def request(n: int) -> qe.QueryRequest:
-            common = dict(limit=n, filter=engine_filter, with_payload=with_payload, with_vector=with_vector)
+            common = dict(limit=n, with_payload=with_payload, with_vector=with_vector)
             if prefer is not None:
                 preferred = _optional_filter((filter or Filter()).and_(prefer))
                 return qe.QueryRequest(

@@ -226,11 +226,12 @@ class ServerVectorStore(VectorStore):
 
         def ranking(flt: models.Filter | None) -> models.Prefetch:
             if dense is not None and sparse is not None:
-                return models.Prefetch(prefetch=candidate_lists(flt), query=fuse, filter=flt, limit=limit)
+                return models.Prefetch(prefetch=candidate_lists(flt), query=fuse, limit=limit)
             if dense is not None:
                 return models.Prefetch(query=dense, using=DENSE, filter=flt, limit=limit, params=_DENSE_PARAMS)
             return models.Prefetch(query=_sparse(sparse), using=SPARSE, filter=flt, limit=limit, params=_LIVE_IDF)
 
+        # Filters go to the searches only, as on the embedded engine (see `EdgeVectorStore`).
         query: dict[str, Any]
         if prefer is not None:
             preferred = _optional_filter((filter or Filter()).and_(prefer))
@@ -238,14 +239,14 @@ class ServerVectorStore(VectorStore):
         elif dense is not None and sparse is not None:
             query = {"prefetch": candidate_lists(server_filter), "query": fuse}
         elif dense is not None:
-            query = {"query": dense, "using": DENSE, "search_params": _DENSE_PARAMS}
+            query = {"query": dense, "using": DENSE, "search_params": _DENSE_PARAMS, "query_filter": server_filter}
         else:
-            query = {"query": _sparse(sparse), "using": SPARSE, "search_params": _LIVE_IDF}
+            query = {"query": _sparse(sparse), "using": SPARSE, "search_params": _LIVE_IDF, "query_filter": server_filter}
 
         def fetch(n: int) -> list[Hit]:
             with self._errors(name):
                 response = self._client.query_points(
-                    name, query_filter=server_filter, limit=n, with_payload=with_payload,
+                    name, limit=n, with_payload=with_payload,
                     with_vectors=[DENSE] if with_vectors else False, **query,
                 )
             return [

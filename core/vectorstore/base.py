@@ -176,6 +176,8 @@ def _excluding(filter: Filter | None, excluded: Filter) -> Filter:
     """What `filter` admits and `excluded` does not, as one flat filter (which the engine
     plans better than a nested one)."""
     filter = filter or Filter()
+    if len(excluded.must) == 1 and not excluded.should and not excluded.must_not:
+        excluded = excluded.must[0]  # a lone condition is negated as itself, not as a nested filter
     return Filter(must=list(filter.must), must_not=[*filter.must_not, excluded], should=list(filter.should))
 
 

@@ -94,6 +94,8 @@ _RETIRED_DIR = ".retired"
 # Points per engine call: each call holds the GIL, so big writes are cut into slices that
 # let request threads run in between.
 _UPSERT_SLICE = 256
+# Counts remembered per collection version (the oldest forgotten first).
+_COUNTS_KEPT = 4096
 _LIVE_IDF = qe.SearchParams(idf=qe.IdfParams(corpus=qe.Filter()))
 # `optimize` vacuums every segment that holds a deleted point.
 _VACUUM_ALL = {"deleted_threshold": 0.0, "vacuum_min_vector_number": 1}
@@ -243,6 +245,7 @@ class EdgeVectorStore(VectorStore):
         self._lock = threading.Lock()  # guards `_collections`: opening, creating, dropping
         self._closed = False
         self._versions = itertools.count(1)
+        self._counts: dict[tuple[str, int, str], int] = {}  # (name, version, filter): exact count
 
     # ---- collections ----
 
@@ -429,7 +432,7 @@ class EdgeVectorStore(VectorStore):
                 )
             if hybrid:
                 return qe.QueryRequest(prefetches=candidate_lists(engine_filter), query=fuse, **common)
-            return qe.QueryRequest(query=single_query, params=single_params, **common)
+            return qe.QueryRequest(query=single_query, params=single_params, filter=engine_filter, **common)
 
         def fetch(n: int) -> list[Hit]:
             points = self._call(collection, lambda: collection.shard.query(request(n)))
@@ -471,9 +474,20 @@ class EdgeVectorStore(VectorStore):
         return [self._record(record, with_vectors=False) for record in records]
 
     def count(self, name: str, filter: Filter | None = None) -> int:
+        """Exact, and remembered until the collection's next write (`search` counts what a
+        preference leaves out, 1-7 ms at 100k points, for every question that has one)."""
         collection = self._get(name)
+        # The version is read first: a count that a write overlaps is kept under the version
+        # before the write, which no later lookup asks for.
+        key = (name, collection.version, filter.model_dump_json() if filter is not None else "")
+        if (known := self._counts.get(key)) is not None:
+            return known
         request = qe.CountRequest(exact=True, filter=_optional_filter(filter))
-        return self._call(collection, lambda: collection.shard.count(request))
+        counted = self._call(collection, lambda: collection.shard.count(request))
+        if len(self._counts) >= _COUNTS_KEPT:
+            self._counts.pop(next(iter(self._counts)), None)
+        self._counts[key] = counted
+        return counted
 
     def facet(self, name: str, key: str, *, filter: Filter | None = None, limit: int = 100) -> dict[str, int]:
         collection = self._get(name)

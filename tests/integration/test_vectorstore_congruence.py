@@ -653,6 +653,27 @@ def test_edge_payloads_are_read_into_memory(scratch: Path, monkeypatch: pytest.M
     reopened.close()
 
 
+def test_edge_counts_are_remembered_until_the_next_write(scratch: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = loaded(EdgeVectorStore(scratch))
+    engine_calls: list[Any] = []
+    real_call = store._call
+    monkeypatch.setattr(store, "_call", lambda collection, operation: engine_calls.append(1) or real_call(collection, operation))
+    t1 = Filter(must=[Match(key="tenant", value="t1")])
+    expected = len(ids_where(lambda p: p.payload["tenant"] == "t1"))
+    assert store.count(COLLECTION, t1) == expected and store.count(COLLECTION, t1) == expected
+    assert len(engine_calls) == 1
+    assert store.count(COLLECTION) == len(POINTS) and len(engine_calls) == 2  # another filter, its own count
+    for write, change in [
+        (lambda: store.upsert(COLLECTION, [Point(id=str(uuid.UUID(int=10**6)), vector=[1.0] * DIMS, payload={"tenant": "t1"})]), 1),
+        (lambda: store.set_payload(COLLECTION, {"tenant": "t9"}, Filter(must=[HasId(ids=[POINTS[0].id])])), -int(POINTS[0].payload["tenant"] == "t1")),
+        (lambda: store.delete(COLLECTION, t1), None),
+    ]:
+        write()
+        expected = 0 if change is None else expected + change
+        assert store.count(COLLECTION, t1) == expected
+    store.close()
+
+
 @pytest.mark.parametrize("crash", ["before the swap", "between the renames", "while optimizing"])
 def test_edge_optimize_cut_short_leaves_a_whole_collection(scratch: Path, crash: str) -> None:
     from core.vectorstore.edge import optimize_shard_folder

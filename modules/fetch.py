@@ -9,7 +9,7 @@ from collections.abc import Callable
 import numpy as np
 
 from core.embeddings import Embedder
-from core.vectorstore import Filter, Match, VectorStore
+from core.vectorstore import Filter, Hit, Match, VectorStore
 from core.vectorstore.sparse import Bm25Encoder
 from modules.base import Candidate, FetchContext
 
@@ -87,6 +87,23 @@ class CollectionSearch(FetchContext):
         base = Filter(must=[Match(key="tenant", value=self.tenant), Match(key="live", value=True)])
         return base.and_(extra) if extra else base
 
+    def scope_holds_everywhere(self) -> bool:
+        """Whether every point of the collection is a live chunk of this tenant, at the store's
+        current version; never where the store cannot tell its version. Then searches leave the
+        tenant and liveness conditions out of the engine's filter: the engine checks each
+        condition for every point the rest of the filter admits, and at 100k chunks these two
+        made a company-filtered search 1.5-3x slower. One count per collection version."""
+        if self.store.version(self.vector_name) is None:
+            return False
+        outside = self.facets.get(
+            self.store, self.vector_name, ("outside-scope", self.tenant),
+            lambda: {"points": self.store.count(self.vector_name, Filter(must_not=[self.scope()]))},
+        )
+        return outside["points"] == 0
+
+    def in_scope(self, payload: dict) -> bool:
+        return payload.get("tenant") == self.tenant and payload.get("live") is True
+
     def search(
         self,
         text: str,
@@ -101,16 +118,24 @@ class CollectionSearch(FetchContext):
         if not self.store.collection_exists(self.vector_name):
             return []
         query_vector = self.embed(text)
-        hits = self.store.search(
-            self.vector_name,
-            dense=query_vector if mode in ("hybrid", "dense") else None,
-            sparse=self.sparse.embed_query(sparse_text or text) if mode in ("hybrid", "sparse") else None,
-            filter=self.scope(filter),
-            prefer=prefer,
-            limit=limit,
-            fusion=fusion,  # type: ignore[arg-type]
-            with_vectors=True,
-        )
+
+        def hits_within(scope: Filter | None) -> list[Hit]:
+            return self.store.search(
+                self.vector_name,
+                dense=query_vector if mode in ("hybrid", "dense") else None,
+                sparse=self.sparse.embed_query(sparse_text or text) if mode in ("hybrid", "sparse") else None,
+                filter=scope,
+                prefer=prefer,
+                limit=limit,
+                fusion=fusion,  # type: ignore[arg-type]
+                with_vectors=True,
+            )
+
+        hits = hits_within(filter) if self.scope_holds_everywhere() else None
+        # A write since the check may have added points of another tenant, or staged ones:
+        # such a hit is never returned, the search is run again with the full scope.
+        if hits is None or not all(self.in_scope(hit.payload) for hit in hits):
+            hits = hits_within(self.scope(filter))
         # One matrix product for every hit's cosine (stored vectors are unit length).
         vectors = [hit.vector for hit in hits if hit.vector is not None]
         similarities = iter(

@@ -126,6 +126,11 @@ class Cascade:
                 f"{_small_model(config.adapter)}: recalibrate"
             )
             calibration = None
+        if calibration is not None and (changed := calibration.settings_changed(config)):
+            record["calibration_stale"] = (
+                f"version {calibration.version} was fitted with other {', '.join(changed)}: "
+                "its confidences may be off, recalibrate"
+            )
         calibrator = calibration.calibrator if calibration else DEFAULT_CALIBRATOR
         started = time.perf_counter()
         ctx_features = context_features(question, context)

@@ -33,7 +33,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from core import db
 from core.llm import ChatResult
-from modules.base import Candidate
+from modules.base import Candidate, ModuleConfig
 from modules.normalize import find_periods
 from retrieval.prompting import NO_ANSWER, is_no_answer
 
@@ -346,8 +346,12 @@ def cross_validated(
 # ---- stored calibrations ----
 
 
-# Key of a stored calibration's metrics naming the small-model adapter its answers came from.
+# Keys of a stored calibration's metrics: the small-model adapter its answers came from, and
+# the module's other settings when it was fitted.
 FITTED_WITH_ADAPTER = "fitted_with_adapter"
+FITTED_WITH_SETTINGS = "fitted_with_settings"
+# Settings that only read the confidence (escalation thresholds), never shift it.
+_CONFIDENCE_READERS = frozenset({"escalate_below", "escalation_target"})
 
 
 @dataclass(frozen=True)
@@ -363,15 +367,29 @@ class StoredCalibration:
         only for the one it was fitted with; one stored before adapters were recorded, for any."""
         return FITTED_WITH_ADAPTER not in self.metrics or self.metrics[FITTED_WITH_ADAPTER] == adapter
 
+    def settings_changed(self, config: ModuleConfig) -> list[str]:
+        """The module settings that differ from those the calibration was fitted with: what the
+        model is given (chunks, token budget, retrieval) shifts its confidences, so the
+        calibration may no longer be calibrated. Escalation thresholds, which only read the
+        confidence, and the adapter (see `applies_to`) are not compared; nor is anything for a
+        calibration stored before settings were recorded."""
+        fitted = self.metrics.get(FITTED_WITH_SETTINGS) or {}
+        current = _compared_settings(config)
+        return sorted(key for key, value in fitted.items() if key in current and current[key] != value)
+
+
+def _compared_settings(config: ModuleConfig) -> dict[str, Any]:
+    return config.model_dump(mode="json", exclude={"adapter", *_CONFIDENCE_READERS})
+
 
 async def save_calibration(
     engine: AsyncEngine, *, tenant: str, module: str, calibrator: Calibrator, metrics: dict[str, Any],
-    adapter: str | None,
+    config: ModuleConfig,
 ) -> StoredCalibration:
-    """Store a new version of the module's calibration, fitted on answers of the small model
-    with `adapter` (None: the base model); it applies from the next question the module's
-    small model answers with that adapter."""
-    metrics = {**metrics, FITTED_WITH_ADAPTER: adapter}
+    """Store a new version of the module's calibration, fitted on answers the module gave with
+    `config` (its adapter, None for the base model, and its other settings); it applies from
+    the next question the module's small model answers with that adapter."""
+    metrics = {**metrics, FITTED_WITH_ADAPTER: config.adapter, FITTED_WITH_SETTINGS: _compared_settings(config)}
     table = db.calibrations
     async with engine.begin() as conn:
         latest = await conn.scalar(

@@ -524,7 +524,7 @@ async def calibrate(
         fitted, _ = await service.module_for(tenant, key)
         stored = await save_calibration(
             service.resources.db, tenant=tenant, module=key, calibrator=calibrator, metrics=metrics,
-            adapter=fitted.config.adapter,
+            config=fitted.config,
         )
         reports.append(CalibrationReport(key, stored, metrics))
     return reports

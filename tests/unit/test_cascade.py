@@ -191,6 +191,25 @@ async def test_a_calibration_fitted_with_another_adapter_is_not_used() -> None:
     )
 
 
+async def test_a_calibration_fitted_with_other_settings_is_used_and_the_trace_says_so() -> None:
+    trusting = Calibrator(features=["grounding"], coef=[0.0], intercept=20.0, mean=[0.0], scale=[1.0],
+                          quantiles=[i / 100 for i in range(101)])
+    fitted_with = {"max_chunks": 6, "context_tokens": 1200, "retrieval": "hybrid"}
+    stored = StoredCalibration(version=5, calibrator=trusting,
+                               metrics={"fitted_with_adapter": None, "fitted_with_settings": fitted_with})
+    small, large = ScriptedClient(UNSURE, logprob=-2.5), ScriptedClient(GOOD)
+    for config, stale in [
+        (ModuleConfig(escalation_target=0.3), None),  # thresholds only read the confidence
+        (ModuleConfig(max_chunks=2, context_tokens=600), "version 5 was fitted with other context_tokens, max_chunks: "
+                                                         "its confidences may be off, recalibrate"),
+    ]:
+        trace = new_trace()
+        out = await answer(tier("small", small), tier("large", large), config=config, calibration=stored, trace=trace)
+        record = trace.data["confidence"]
+        assert out.decision == "answered" and record["calibration_version"] == 5
+        assert record.get("calibration_stale") == stale
+
+
 async def test_the_small_model_answers_with_the_modules_adapter_and_the_trace_names_it() -> None:
     small, large = ScriptedClient(UNSURE, logprob=-2.5, loaded={ADAPTER}), ScriptedClient(GOOD)
     trace = new_trace()

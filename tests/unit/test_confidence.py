@@ -10,7 +10,7 @@ import pytest
 
 from core import db
 from core.llm import ChatResult, TokenLogprob
-from modules.base import Candidate
+from modules.base import Candidate, ModuleConfig
 from retrieval.confidence import (
     DEFAULT_CALIBRATOR,
     Calibrator,
@@ -159,10 +159,10 @@ async def test_calibrations_are_versioned_per_tenant_and_module(tmp_path) -> Non
     try:
         assert await load_calibration(engine, tenant="t1", module="finance") is None
         first = await save_calibration(engine, tenant="t1", module="finance", calibrator=DEFAULT_CALIBRATOR,
-                                       metrics={"brier": 0.2}, adapter=None)
+                                       metrics={"brier": 0.2}, config=ModuleConfig())
         fitted = Calibrator.fit([{"grounding": 0.1}, {"grounding": 0.9}], [0, 1], features=["grounding"])
         second = await save_calibration(engine, tenant="t1", module="finance", calibrator=fitted, metrics={"brier": 0.1},
-                                        adapter="finance-0123456789ab")
+                                        config=ModuleConfig(adapter="finance-0123456789ab", max_chunks=3))
         assert (first.version, second.version) == (1, 2)
         latest = await load_calibration(engine, tenant="t1", module="finance")
         assert latest.version == 2 and latest.calibrator == fitted and latest.metrics["brier"] == 0.1
@@ -170,6 +170,11 @@ async def test_calibrations_are_versioned_per_tenant_and_module(tmp_path) -> Non
         assert latest.applies_to("finance-0123456789ab")
         assert not latest.applies_to(None) and not latest.applies_to("finance-ba9876543210")
         assert first.applies_to(None) and not first.applies_to("finance-0123456789ab")
+        # The other settings it was fitted with are compared, not those that only read the confidence.
+        fitted_with = ModuleConfig(adapter="finance-0123456789ab", max_chunks=3)
+        assert latest.settings_changed(fitted_with) == []
+        assert latest.settings_changed(fitted_with.model_copy(update={"escalation_target": 0.3, "adapter": None})) == []
+        assert latest.settings_changed(ModuleConfig(context_tokens=600)) == ["context_tokens", "max_chunks"]
         assert await load_calibration(engine, tenant="t2", module="finance") is None
         assert await load_calibration(engine, tenant="t1", module="legal") is None
     finally:
@@ -179,3 +184,4 @@ async def test_calibrations_are_versioned_per_tenant_and_module(tmp_path) -> Non
 def test_a_calibration_stored_before_adapters_were_recorded_applies_to_any() -> None:
     stored = StoredCalibration(version=1, calibrator=DEFAULT_CALIBRATOR, metrics={"brier": 0.2})
     assert stored.applies_to(None) and stored.applies_to("legal-0123456789ab")
+    assert stored.settings_changed(ModuleConfig(max_chunks=2)) == []

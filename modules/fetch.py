@@ -6,8 +6,6 @@ import threading
 import time
 from collections.abc import Callable
 
-import numpy as np
-
 from core.embeddings import Embedder
 from core.vectorstore import Filter, Hit, Match, VectorStore
 from core.vectorstore.sparse import Bm25Encoder
@@ -125,7 +123,7 @@ class CollectionSearch(FetchContext):
                 prefer=prefer,
                 limit=limit,
                 fusion=fusion,  # type: ignore[arg-type]
-                with_vectors=True,
+                similarity_to=query_vector,
             )
 
         hits = hits_within(filter) if self.scope_holds_everywhere() else None
@@ -133,19 +131,13 @@ class CollectionSearch(FetchContext):
         # such a hit is never returned, the search is run again with the full scope.
         if hits is None or not all(self.in_scope(hit.payload) for hit in hits):
             hits = hits_within(self.scope(filter))
-        # One matrix product for every hit's cosine (stored vectors are unit length).
-        vectors = [hit.vector for hit in hits if hit.vector is not None]
-        similarities = iter(
-            (np.asarray(vectors, dtype=np.float32) @ np.asarray(query_vector, dtype=np.float32)).tolist() if vectors else []
-        )
         candidates = []
         for rank, hit in enumerate(hits):
             p = hit.payload
             candidates.append(
                 Candidate(
                     id=hit.id, doc_id=p.get("doc_id", ""), filename=p.get("filename", ""), page=p.get("page"),
-                    text=p.get("text", ""), payload=p, score=hit.score,
-                    similarity=next(similarities) if hit.vector is not None else 0.0, rank=rank,
+                    text=p.get("text", ""), payload=p, score=hit.score, similarity=hit.similarity or 0.0, rank=rank,
                 )
             )
         return candidates

@@ -57,7 +57,7 @@ class Hit:
     id: str
     score: float
     payload: dict[str, Any] = field(default_factory=dict)
-    vector: list[float] | None = None  # the dense vector, when asked for with `with_vectors`
+    similarity: float | None = None  # cosine similarity to the search's `similarity_to` vector
 
 
 @dataclass
@@ -227,7 +227,7 @@ class VectorStore(ABC):
         prefetch_limit: int | None = None,
         fusion: Fusion = "rrf",
         with_payload: bool = True,
-        with_vectors: bool = False,
+        similarity_to: list[float] | None = None,
     ) -> list[Hit]:
         """Top `limit` points by dense similarity (cosine), by sparse BM25 score, or, when both
         are given, by fusing the two candidate lists (`prefetch_limit` each, default 4x limit;
@@ -240,17 +240,26 @@ class VectorStore(ABC):
         those also matching `prefer` (`limit` each), and the two rankings are fused by RRF:
         what `prefer` selects ranks first without excluding the rest. One engine query, or,
         where a count finds that every point `filter` admits matches `prefer` (a company whose
-        only filing is of the year asked for), one ranking scored as its fusion with itself."""
+        only filing is of the year asked for), one ranking scored as its fusion with itself.
+
+        With `similarity_to`, each hit carries its dense vector's cosine similarity to that
+        vector, scored by the engine in one more exact search among the hits (cheaper than
+        returning the vectors); a hit deleted in between is left out."""
         if dense is None and sparse is None:
             raise ValueError("search needs a dense or a sparse query vector, or both")
         query = dict(
             dense=dense, sparse=sparse, filter=filter, limit=limit, prefetch_limit=prefetch_limit, fusion=fusion,
-            with_payload=with_payload, with_vectors=with_vectors,
+            with_payload=with_payload,
         )
         if prefer is not None and self.count(name, _excluding(filter, prefer)) == 0:
             hits = self._search(name, prefer=None, **query)
-            return [replace(hit, score=2 / (RRF_K + rank)) for rank, hit in enumerate(hits)]
-        return self._search(name, prefer=prefer, **query)
+            hits = [replace(hit, score=2 / (RRF_K + rank)) for rank, hit in enumerate(hits)]
+        else:
+            hits = self._search(name, prefer=prefer, **query)
+        if similarity_to is None or not hits:
+            return hits
+        similarities = self._similarities(name, similarity_to, [hit.id for hit in hits])
+        return [replace(hit, similarity=similarities[hit.id]) for hit in hits if hit.id in similarities]
 
     @abstractmethod
     def _search(
@@ -265,9 +274,12 @@ class VectorStore(ABC):
         prefetch_limit: int | None,
         fusion: Fusion,
         with_payload: bool,
-        with_vectors: bool,
     ) -> list[Hit]:
         """`search` in one engine query, `prefer` included; the query has a vector."""
+
+    @abstractmethod
+    def _similarities(self, name: str, vector: list[float], ids: list[str]) -> dict[str, float]:
+        """Cosine similarity of `vector` to the dense vector of each of `ids` that exists."""
 
     @abstractmethod
     def scroll(

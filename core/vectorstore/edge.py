@@ -100,6 +100,7 @@ _LIVE_IDF = qe.SearchParams(idf=qe.IdfParams(corpus=qe.Filter()))
 # `optimize` vacuums every segment that holds a deleted point.
 _VACUUM_ALL = {"deleted_threshold": 0.0, "vacuum_min_vector_number": 1}
 _DENSE_PARAMS = qe.SearchParams(hnsw_ef=HNSW_EF)
+_EXACT_PARAMS = qe.SearchParams(exact=True)
 # Payloads stay on disk, memory-mapped and read into the page cache when a segment is loaded.
 # The engine's default ("cold") reads a payload from disk the first time it is asked for: 50
 # hits of questions not seen before cost 8-9 ms at 100k chunks instead of 3.5-4 ms. Applies
@@ -395,7 +396,6 @@ class EdgeVectorStore(VectorStore):
         prefetch_limit: int | None,
         fusion: Fusion,
         with_payload: bool,
-        with_vectors: bool,
     ) -> list[Hit]:
         collection = self._get(name)
         engine_filter = _optional_filter(filter)
@@ -407,7 +407,6 @@ class EdgeVectorStore(VectorStore):
         # Read once: a write that begins meanwhile soils the shard for the next search.
         sparse_params = None if collection.vacuumed else _LIVE_IDF
         single_params = _DENSE_PARAMS if dense_query is not None else sparse_params
-        with_vector = [DENSE] if with_vectors else False
 
         def candidate_lists(flt: qe.Filter | None) -> list[qe.Prefetch]:
             candidates = prefetch_limit or 4 * limit
@@ -424,7 +423,7 @@ class EdgeVectorStore(VectorStore):
             return qe.Prefetch(limit=limit, query=single_query, filter=flt, params=single_params)
 
         def request(n: int) -> qe.QueryRequest:
-            common = dict(limit=n, with_payload=with_payload, with_vector=with_vector)
+            common = dict(limit=n, with_payload=with_payload, with_vector=False)
             if prefer is not None:
                 preferred = _optional_filter((filter or Filter()).and_(prefer))
                 return qe.QueryRequest(
@@ -436,15 +435,17 @@ class EdgeVectorStore(VectorStore):
 
         def fetch(n: int) -> list[Hit]:
             points = self._call(collection, lambda: collection.shard.query(request(n)))
-            return [
-                Hit(
-                    id=str(point.id), score=point.score, payload=point.payload or {},
-                    vector=point.vector.get(DENSE) if with_vectors and point.vector else None,
-                )
-                for point in points
-            ]
+            return [Hit(id=str(point.id), score=point.score, payload=point.payload or {}) for point in points]
 
         return top_hits_by_score_then_id(fetch, limit)
+
+    def _similarities(self, name: str, vector: list[float], ids: list[str]) -> dict[str, float]:
+        collection = self._get(name)
+        request = qe.QueryRequest(
+            limit=len(ids), query=qe.Query.Nearest(vector, using=DENSE), filter=qe.Filter(must=[qe.HasIdCondition(set(ids))]),
+            params=_EXACT_PARAMS, with_payload=False, with_vector=False,
+        )
+        return {str(point.id): point.score for point in self._call(collection, lambda: collection.shard.query(request))}
 
     def scroll(
         self,

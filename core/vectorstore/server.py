@@ -211,7 +211,6 @@ class ServerVectorStore(VectorStore):
         prefetch_limit: int | None,
         fusion: Fusion,
         with_payload: bool,
-        with_vectors: bool,
     ) -> list[Hit]:
         server_filter = _optional_filter(filter)
         rrf = models.RrfQuery(rrf=models.Rrf(k=RRF_K))
@@ -245,19 +244,18 @@ class ServerVectorStore(VectorStore):
 
         def fetch(n: int) -> list[Hit]:
             with self._errors(name):
-                response = self._client.query_points(
-                    name, limit=n, with_payload=with_payload,
-                    with_vectors=[DENSE] if with_vectors else False, **query,
-                )
-            return [
-                Hit(
-                    id=str(p.id), score=p.score, payload=p.payload or {},
-                    vector=p.vector.get(DENSE) if with_vectors and isinstance(p.vector, dict) else None,
-                )
-                for p in response.points
-            ]
+                response = self._client.query_points(name, limit=n, with_payload=with_payload, **query)
+            return [Hit(id=str(p.id), score=p.score, payload=p.payload or {}) for p in response.points]
 
         return top_hits_by_score_then_id(fetch, limit)
+
+    def _similarities(self, name: str, vector: list[float], ids: list[str]) -> dict[str, float]:
+        with self._errors(name):
+            response = self._client.query_points(
+                name, query=vector, using=DENSE, query_filter=models.Filter(must=[models.HasIdCondition(has_id=ids)]),
+                search_params=models.SearchParams(exact=True), limit=len(ids), with_payload=False,
+            )
+        return {str(p.id): p.score for p in response.points}
 
     def scroll(
         self,

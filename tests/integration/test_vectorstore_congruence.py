@@ -365,14 +365,17 @@ def test_facet_counts_distinct_keyword_values(shared: VectorStore) -> None:
     assert len(shared.facet(COLLECTION, "doc_id", limit=1)) == 1
 
 
-def test_search_returns_dense_vectors_when_asked(shared: VectorStore) -> None:
+def test_search_scores_each_hit_against_the_similarity_vector(shared: VectorStore) -> None:
     query = dict(dense=POINTS[3].vector, sparse=ENCODER.embed_query(" ".join(VOCABULARY[:6])))
-    for vectors in ({"dense": query["dense"]}, {"sparse": query["sparse"]}, query):
-        hits = shared.search(COLLECTION, limit=5, with_vectors=True, **vectors)
-        assert hits and all(hit.vector is not None for hit in hits)
-        by_id = {p.id: np.asarray(p.vector) / np.linalg.norm(p.vector) for p in POINTS}
-        assert hits[0].vector == pytest.approx(by_id[hits[0].id].tolist(), abs=1e-6)
-        assert all(hit.vector is None for hit in shared.search(COLLECTION, limit=5, **vectors))
+    unit = {p.id: np.asarray(p.vector) / np.linalg.norm(p.vector) for p in POINTS}
+    other = np.asarray(POINTS[7].vector)
+    preferred = Filter(must=[Match(key="tenant", value="t1")])
+    for vectors in ({"dense": query["dense"]}, {"sparse": query["sparse"]}, query, {**query, "prefer": preferred}):
+        hits = shared.search(COLLECTION, limit=5, similarity_to=other.tolist(), **vectors)
+        assert len(hits) == 5
+        for hit in hits:
+            assert hit.similarity == pytest.approx(float(unit[hit.id] @ other / np.linalg.norm(other)), abs=1e-5)
+        assert all(hit.similarity is None for hit in shared.search(COLLECTION, limit=5, **vectors))
 
 
 def test_sparse_search_finds_the_query_terms(shared: VectorStore) -> None:

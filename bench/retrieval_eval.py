@@ -162,13 +162,14 @@ class QuestionResult:
 # Payload keys naming the entity a chunk is about, per module: a padding copy renames them, so
 # that it stands for another company's filing or another party's contract.
 PAD_ENTITY_KEYS = {
-    "finance": ("meta.company_key", "meta.company_aliases"),
+    "finance": ("meta.company_key", "meta.company_aliases", "meta.company_years"),
     "legal": ("meta.party_keys", "meta.title_key"),
 }
 
 
 def _suffixed(payload: dict[str, Any], key: str, suffix: str) -> None:
-    """Append `suffix` to the string (or each string of the list) at dotted `key`, nested or flat."""
+    """Append `suffix` to the string (or each string of the list) at dotted `key`, nested or
+    flat; in a compound value (`alias|year`) to its entity part, before the first "|"."""
     holder, leaf = payload, key
     if key not in payload and "." in key:
         head, leaf = key.split(".", 1)
@@ -176,10 +177,14 @@ def _suffixed(payload: dict[str, Any], key: str, suffix: str) -> None:
         if not isinstance(holder, dict):
             return
     value = holder.get(leaf)
+    def renamed(v: str) -> str:
+        entity, bar, rest = v.partition("|")
+        return entity + suffix + bar + rest
+
     if isinstance(value, str):
-        holder[leaf] = value + suffix
+        holder[leaf] = renamed(value)
     elif isinstance(value, list):
-        holder[leaf] = [v + suffix if isinstance(v, str) else v for v in value]
+        holder[leaf] = [renamed(v) if isinstance(v, str) else v for v in value]
 
 
 def pad_index(index: EvalIndex, points: int) -> int:

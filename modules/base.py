@@ -216,8 +216,9 @@ class FetchContext(ABC):
     ) -> list[Candidate]:
         """Top `limit` live chunks for `text`, ranked, each with its cosine similarity to it.
         `prefer` ranks the chunks it matches first without excluding the others (a period, a
-        contract title): the ranking within `filter` and within `filter` and `prefer`, fused
-        by reciprocal rank in one engine query. `sparse_text` replaces `text` for the BM25
+        contract title): the ranking within `filter` and within `prefer`, fused by reciprocal
+        rank in one engine query. `prefer` is the narrower filter whole: it must admit only
+        chunks that `filter` admits. `sparse_text` replaces `text` for the BM25
         side only: a module can add keywords (clause terminology, synonyms) without paying for
         a second embedding of the question."""
 

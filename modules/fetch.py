@@ -114,25 +114,25 @@ class CollectionSearch(FetchContext):
             return []
         query_vector = self.embed(text)
 
-        def hits_within(scope: Filter | None) -> list[Hit]:
+        def hits(scoped: bool) -> list[Hit]:
             return self.store.search(
                 self.vector_name,
                 dense=query_vector if mode in ("hybrid", "dense") else None,
                 sparse=self.sparse.embed_query(sparse_text or text) if mode in ("hybrid", "sparse") else None,
-                filter=scope,
-                prefer=prefer,
+                filter=self.scope(filter) if scoped else filter,
+                prefer=self.scope(prefer) if scoped and prefer else prefer,
                 limit=limit,
                 fusion=fusion,  # type: ignore[arg-type]
                 similarity_to=query_vector,
             )
 
-        hits = hits_within(filter) if self.scope_holds_everywhere() else None
+        found = hits(scoped=False) if self.scope_holds_everywhere() else None
         # A write since the check may have added points of another tenant, or staged ones:
         # such a hit is never returned, the search is run again with the full scope.
-        if hits is None or not all(self.in_scope(hit.payload) for hit in hits):
-            hits = hits_within(self.scope(filter))
+        if found is None or not all(self.in_scope(hit.payload) for hit in found):
+            found = hits(scoped=True)
         candidates = []
-        for rank, hit in enumerate(hits):
+        for rank, hit in enumerate(found):
             p = hit.payload
             candidates.append(
                 Candidate(

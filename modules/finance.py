@@ -41,6 +41,7 @@ from modules.registry import register
 
 DocType = Literal["10k", "10q", "8k", "earnings", "other"]
 ALIASES_KEY = "meta.company_aliases"
+COMPANY_YEARS_KEY = "meta.company_years"
 
 # Nicknames that neither the name nor the ticker give, to the squashed name key they mean.
 NICKNAMES: dict[str, str] = {
@@ -184,9 +185,20 @@ def extract_filing(text: str, filename: str) -> dict[str, Any]:
         if quarter:
             meta["fiscal_quarter"] = quarter
         meta["period"] = f"FY{year}" + (f" Q{quarter}" if quarter else "")
+    if "company_aliases" in meta:
+        meta["company_years"] = company_years(meta["company_aliases"], year)
     if by_name and by_name["dated"]:
         meta["report_date"] = by_name["dated"]
     return meta
+
+
+def company_years(aliases: list[str], year: int | None) -> list[str]:
+    """Values of the company-and-year key, one per alias: `alias|year`, or `alias|` where the
+    year is unknown, so that every chunk of a company has one. One keyword condition then
+    selects a company's filings of a year: a company condition and a year condition make the
+    engine check the year for each of the company's chunks (at 100k chunks, 2.4 instead of
+    0.8-1.0 ms a search)."""
+    return [f"{alias}|{year or ''}" for alias in aliases]
 
 
 def _looks_like_name(line: str) -> bool:
@@ -318,6 +330,15 @@ def resolve_companies(question: str, known_aliases: dict[str, int], *, fuzzy: fl
     return matched
 
 
+def _keyed_by_year(aliases: list[str], ctx: FetchContext, known_aliases: dict[str, int]) -> bool:
+    """Whether every chunk of these companies has the company-and-year key (chunks enriched
+    before the key was added do not, until their file is ingested again)."""
+    if not aliases:
+        return False
+    keyed = ctx.known_values(COMPANY_YEARS_KEY, limit=50_000)
+    return all(sum(n for value, n in keyed.items() if value.startswith(f"{alias}|")) == known_aliases.get(alias) for alias in aliases)
+
+
 def _meta(c: Candidate) -> dict[str, Any]:
     return c.payload.get("meta") or {}
 
@@ -336,8 +357,9 @@ class FinanceModule(DomainModule[FinanceConfig]):
         "meta.doc_type": IndexType.KEYWORD,
         "meta.fiscal_year": IndexType.INTEGER,
         "meta.fiscal_quarter": IndexType.INTEGER,
+        COMPANY_YEARS_KEY: IndexType.KEYWORD,
     }
-    enrich_version = "finance-1"
+    enrich_version = "finance-2"
     route_examples = [
         "What was 3M's FY2018 capital expenditure?",
         "What is Coca-Cola's FY2022 dividend payout ratio?",
@@ -373,17 +395,20 @@ class FinanceModule(DomainModule[FinanceConfig]):
         if not cfg.use_question_filters:
             return super().fetch(query, ctx)
         base = query.filter or Filter()
+        aliases: list[str] = []
+        known_aliases: dict[str, int] = {}
         if cfg.entity_filter:
-            aliases = resolve_companies(query.text, ctx.known_values(ALIASES_KEY, limit=5000))
+            known_aliases = ctx.known_values(ALIASES_KEY, limit=5000)
+            aliases = resolve_companies(query.text, known_aliases)
             if aliases:
                 query.notes["company_aliases"] = aliases
                 base = base.and_(MatchAny(key=ALIASES_KEY, any=aliases))
         query.filter = base if base.must else None
 
-        def search(extra: list[Any], prefer: list[Any] | None = None) -> list[Candidate]:
+        def search(extra: list[Any], prefer: Filter | None = None) -> list[Candidate]:
             f = base.and_(*extra) if extra else base
             return ctx.search(query.text, limit=cfg.top_k, mode=cfg.retrieval, fusion=cfg.fusion,
-                              filter=f if f.must else None, prefer=Filter(must=prefer) if prefer else None)
+                              filter=f if f.must else None, prefer=prefer)
 
         year, quarter = query.notes.get("fiscal_year"), query.notes.get("fiscal_quarter")
         preferred: list[Any] = []
@@ -414,7 +439,12 @@ class FinanceModule(DomainModule[FinanceConfig]):
             # company's whole collection, so that a period match ranks first but a relevant
             # passage of another year (a comparative, an outlook) still competes.
             query.notes["preferred"] = [c.model_dump() for c in preferred]
-            return search([], prefer=preferred)
+            prefer = base.and_(*preferred)
+            if year and preferred[0] == Match(key="meta.fiscal_year", value=year) and _keyed_by_year(aliases, ctx, known_aliases):
+                # The company and the year as one condition (see `company_years`).
+                company = MatchAny(key=COMPANY_YEARS_KEY, any=company_years(aliases, year))
+                prefer = Filter(must=[*(c for c in base.must if c != MatchAny(key=ALIASES_KEY, any=aliases)), company, *preferred[1:]])
+            return search([], prefer=prefer)
         return search([])
 
     def normalize(self, query: Query, candidates: list[Candidate]) -> list[Candidate]:

@@ -237,8 +237,11 @@ class VectorStore(ABC):
         ranked by the engine before fusion).
 
         With `prefer`, the points are ranked twice, among those matching `filter` and among
-        those also matching `prefer` (`limit` each), and the two rankings are fused by RRF:
-        what `prefer` selects ranks first without excluding the rest. One engine query, or,
+        those matching `prefer` (`limit` each), and the two rankings are fused by RRF: what
+        `prefer` selects ranks first without excluding the rest. `prefer` must admit only
+        points that `filter` admits; it is searched as given, not combined with `filter`, so
+        that a condition implying one of `filter`'s (a company-and-year key, the company) need
+        not be repeated: the engine checks each condition for every point the first admits. One engine query, or,
         where a count finds that every point `filter` admits matches `prefer` (a company whose
         only filing is of the year asked for), one ranking scored as its fusion with itself.
 

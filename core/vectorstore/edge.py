@@ -425,7 +425,7 @@ class EdgeVectorStore(VectorStore):
         def request(n: int) -> qe.QueryRequest:
             common = dict(limit=n, with_payload=with_payload, with_vector=False)
             if prefer is not None:
-                preferred = _optional_filter((filter or Filter()).and_(prefer))
+                preferred = _optional_filter(prefer)
                 return qe.QueryRequest(
                     prefetches=[ranking(engine_filter), ranking(preferred)], query=qe.Fusion.Rrf(k=RRF_K), **common
                 )

@@ -233,7 +233,7 @@ class ServerVectorStore(VectorStore):
         # Filters go to the searches only, as on the embedded engine (see `EdgeVectorStore`).
         query: dict[str, Any]
         if prefer is not None:
-            preferred = _optional_filter((filter or Filter()).and_(prefer))
+            preferred = _optional_filter(prefer)
             query = {"prefetch": [ranking(server_filter), ranking(preferred)], "query": rrf}
         elif dense is not None and sparse is not None:
             query = {"prefetch": candidate_lists(server_filter), "query": fuse}

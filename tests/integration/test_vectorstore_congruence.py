@@ -435,7 +435,8 @@ def test_backends_rank_alike(both: tuple[VectorStore, VectorStore], fusion: str)
 
 
 def test_prefer_fuses_the_preferred_ranking_with_the_whole_one(both: tuple[VectorStore, VectorStore]) -> None:
-    """`prefer` is two rankings, with and without it, fused by reciprocal rank in one query:
+    """`prefer` is two rankings, within `filter` and within `prefer` (a narrower filter, given
+    whole), fused by reciprocal rank in one query:
     the same as fusing here the two searches it stands for, also where it prefers every point
     (which the store ranks once). Hybrid rankings are fused by DBSF here: an RRF-fused ranking
     ties often, and the engine orders ties inside a nested ranking its own way (as it does
@@ -453,9 +454,9 @@ def test_prefer_fuses_the_preferred_ranking_with_the_whole_one(both: tuple[Vecto
             results = []
             for store in stores:
                 kwargs = dict(limit=10, prefetch_limit=20, fusion="dbsf", **vectors)
-                fused = store.search(COLLECTION, filter=scope, prefer=prefer, **kwargs)
+                fused = store.search(COLLECTION, filter=scope, prefer=scope.and_(*prefer.must), **kwargs)
                 whole = store.search(COLLECTION, filter=scope, **kwargs)
-                preferred = store.search(COLLECTION, filter=scope.and_(prefer), **kwargs)
+                preferred = store.search(COLLECTION, filter=scope.and_(*prefer.must), **kwargs)
                 expected: dict[str, float] = {}
                 for ranking in (whole, preferred):
                     for rank, hit in enumerate(ranking):

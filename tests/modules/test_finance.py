@@ -9,7 +9,7 @@ import pytest
 
 from core.vectorstore import Match, MatchAny, Range
 from modules.base import Candidate
-from modules.finance import ALIASES_KEY, FinanceConfig, FinanceModule, extract_filing
+from modules.finance import ALIASES_KEY, COMPANY_YEARS_KEY, FinanceConfig, FinanceModule, extract_filing
 from tests.modules.contract import ModuleContract, RecordingSearch, make_candidate
 
 pytestmark = pytest.mark.unit
@@ -78,6 +78,7 @@ def test_enrich_reads_real_filings(eval_dir: Path, filename, company_key, alias,
     meta = FinanceModule().enrich(text, filename, {})
     assert meta["company_key"] == company_key and alias in meta["company_aliases"]
     assert (meta["doc_type"], meta["fiscal_year"], meta.get("fiscal_quarter")) == (doc_type, year, quarter)
+    assert meta["company_years"] == [f"{a}|{year}" for a in meta["company_aliases"]]
 
 
 @pytest.mark.parametrize(
@@ -138,8 +139,38 @@ def test_fetch_restricts_to_the_company_and_prefers_the_period(question, aliases
     if aliases:
         assert MatchAny(key=ALIASES_KEY, any=aliases) in every_year["filter"].must
         assert not any(isinstance(c, Match) for c in every_year["filter"].must)
+        # `prefer` is searched as given: it repeats the filter (no company-and-year key here)
+        assert all(c in every_year["prefer"].must for c in every_year["filter"].must)
     else:
         assert every_year["filter"] is None
+
+
+# 3M's chunks: 30 of FY2018 and 20 of FY2022, each with both aliases.
+KEYED = {**KNOWN, COMPANY_YEARS_KEY: {"3m|2018": 30, "mmm|2018": 30, "3m|2022": 20, "mmm|2022": 20, "pepsico|2022": 20,
+                                      "pep|2022": 20}}
+
+
+def test_fetch_prefers_the_company_and_year_as_one_condition_where_every_chunk_has_it() -> None:
+    module = FinanceModule()
+    question = "What is the FY2018 capital expenditure amount for 3M in the 10-K?"
+    query = module.analyze(question)
+    search = RecordingSearch([], values=KEYED)
+    module.fetch(query, search)
+    [call] = search.calls
+    assert call["filter"].must == [MatchAny(key=ALIASES_KEY, any=["3m"])]
+    assert call["prefer"].must == [MatchAny(key=COMPANY_YEARS_KEY, any=["3m|2018"]), MatchAny(key="meta.doc_type", any=["10k"])]
+
+
+def test_fetch_prefers_company_and_year_apart_while_some_chunks_lack_the_key() -> None:
+    """Chunks enriched before the key existed (JnJ's here, and one of 3M's) keep the two conditions."""
+    module = FinanceModule()
+    partly = {**KEYED, COMPANY_YEARS_KEY: {**KEYED[COMPANY_YEARS_KEY], "3m|2022": 19, "mmm|2022": 19}}
+    for question in ("What is the FY2018 capital expenditure amount for 3M?", "Did JnJ raise its dividend in FY2022?"):
+        query = module.analyze(question)
+        search = RecordingSearch([], values=partly)
+        module.fetch(query, search)
+        [call] = search.calls
+        assert call["prefer"].must == [*call["filter"].must, Match(key="meta.fiscal_year", value=query.notes["fiscal_year"])]
 
 
 def test_strict_periods_widen_when_too_few_hits() -> None:

@@ -227,6 +227,11 @@ class FetchContext(ABC):
         """Distinct values of a keyword-indexed payload key (e.g. `meta.company`) in the
         collection, with chunk counts: what a question's entities can be matched against."""
 
+    @abstractmethod
+    def count(self, filter: Filter) -> int:
+        """How many chunks of the collection match `filter`. Like `known_values`, remembered
+        until the collection changes."""
+
 
 # ---- shared stage helpers ----
 

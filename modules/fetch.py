@@ -13,7 +13,7 @@ from modules.base import Candidate, FetchContext
 
 
 class FacetCache:
-    """Facet counts (`known_values`) shared by the requests of a process.
+    """Facet counts (`known_values`) and counts shared by the requests of a process.
 
     A module resolves a question's entities against every value stored for a key (the
     parties of thousands of contracts): one facet over the collection, the largest cost of
@@ -80,6 +80,15 @@ class CollectionSearch(FetchContext):
             self.store, self.vector_name, (self.tenant, key, limit),
             lambda: self.store.facet(self.vector_name, key, filter=self.scope(), limit=limit),
         )
+
+    def count(self, filter: Filter) -> int:
+        if not self.store.collection_exists(self.vector_name):
+            return 0
+        counted = self.facets.get(
+            self.store, self.vector_name, (self.tenant, "count", filter.model_dump_json()),
+            lambda: {"count": self.store.count(self.vector_name, self.scope(filter))},
+        )
+        return counted["count"]
 
     def scope(self, extra: Filter | None = None) -> Filter:
         base = Filter(must=[Match(key="tenant", value=self.tenant), Match(key="live", value=True)])

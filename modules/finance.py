@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from core.vectorstore import Filter, IndexType, Match, MatchAny, Range
+from core.vectorstore import Filter, IndexType, IsEmpty, Match, MatchAny, Range
 from modules.base import (
     Candidate,
     DomainModule,
@@ -330,13 +330,11 @@ def resolve_companies(question: str, known_aliases: dict[str, int], *, fuzzy: fl
     return matched
 
 
-def _keyed_by_year(aliases: list[str], ctx: FetchContext, known_aliases: dict[str, int]) -> bool:
+def _keyed_by_year(aliases: list[str], ctx: FetchContext) -> bool:
     """Whether every chunk of these companies has the company-and-year key (chunks enriched
     before the key was added do not, until their file is ingested again)."""
-    if not aliases:
-        return False
-    keyed = ctx.known_values(COMPANY_YEARS_KEY, limit=50_000)
-    return all(sum(n for value, n in keyed.items() if value.startswith(f"{alias}|")) == known_aliases.get(alias) for alias in aliases)
+    lacking = Filter(must=[MatchAny(key=ALIASES_KEY, any=aliases), IsEmpty(key=COMPANY_YEARS_KEY)])
+    return bool(aliases) and ctx.count(lacking) == 0
 
 
 def _meta(c: Candidate) -> dict[str, Any]:
@@ -396,10 +394,8 @@ class FinanceModule(DomainModule[FinanceConfig]):
             return super().fetch(query, ctx)
         base = query.filter or Filter()
         aliases: list[str] = []
-        known_aliases: dict[str, int] = {}
         if cfg.entity_filter:
-            known_aliases = ctx.known_values(ALIASES_KEY, limit=5000)
-            aliases = resolve_companies(query.text, known_aliases)
+            aliases = resolve_companies(query.text, ctx.known_values(ALIASES_KEY, limit=5000))
             if aliases:
                 query.notes["company_aliases"] = aliases
                 base = base.and_(MatchAny(key=ALIASES_KEY, any=aliases))
@@ -440,7 +436,7 @@ class FinanceModule(DomainModule[FinanceConfig]):
             # passage of another year (a comparative, an outlook) still competes.
             query.notes["preferred"] = [c.model_dump() for c in preferred]
             prefer = base.and_(*preferred)
-            if year and preferred[0] == Match(key="meta.fiscal_year", value=year) and _keyed_by_year(aliases, ctx, known_aliases):
+            if year and preferred[0] == Match(key="meta.fiscal_year", value=year) and _keyed_by_year(aliases, ctx):
                 # The company and the year as one condition (see `company_years`).
                 company = MatchAny(key=COMPANY_YEARS_KEY, any=company_years(aliases, year))
                 prefer = Filter(must=[*(c for c in base.must if c != MatchAny(key=ALIASES_KEY, any=aliases)), company, *preferred[1:]])

@@ -1,6 +1,6 @@
-"""Facet counts shared across requests (`FacetCache`), on the real embedded engine: reused
-while the collection is unchanged, recomputed after any write, kept apart per tenant; and
-for a store that cannot tell its version, for the cache's time to live."""
+"""Facet counts and counts shared across requests (`FacetCache`), on the real embedded
+engine: reused while the collection is unchanged, recomputed after any write, kept apart per
+tenant; and for a store that cannot tell its version, for the cache's time to live."""
 
 from __future__ import annotations
 
@@ -86,3 +86,13 @@ def test_without_a_version_entries_live_for_their_time_to_live(
     assert request(store, lasting).known_values(KEY) == {"acme": 2, "globex": 1}  # stale until it expires
     assert request(store, expiring).known_values(KEY) == {"acme": 2, "globex": 1, "initech": 1}
     assert len(facet_calls) == 3
+
+
+def test_counts_are_of_the_tenants_live_chunks_and_follow_writes(store: EdgeVectorStore) -> None:
+    cache = FacetCache()
+    acme = Filter(must=[Match(key=KEY, value="acme")])
+    store.upsert(NAME, [point(4, "acme", tenant="t2")])
+    assert request(store, cache).count(acme) == 2
+    assert request(store, cache, tenant="t2").count(acme) == 1
+    store.set_payload(NAME, {"live": False}, Filter(must=[Match(key="doc_id", value="doc1")]))
+    assert request(store, cache).count(acme) == 1  # a staged chunk is not counted

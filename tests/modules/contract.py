@@ -8,6 +8,7 @@ Subclasses set `module_key`, and provide `sample_questions` (questions of the do
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import pytest
@@ -21,10 +22,15 @@ from modules.registry import check_contract
 class RecordingSearch(FetchContext):
     """A FetchContext over fixed candidates that records what the module asked for."""
 
-    def __init__(self, candidates: list[Candidate], values: dict[str, dict[str, int]] | None = None):
+    def __init__(
+        self, candidates: list[Candidate], values: dict[str, dict[str, int]] | None = None,
+        counts: Callable[[Filter], int] = lambda filter: 0,
+    ):
         self.candidates = candidates
         self.values = values or {}
+        self.counts = counts
         self.calls: list[dict[str, Any]] = []
+        self.counted: list[Filter] = []
 
     def search(self, text, *, limit, mode="hybrid", fusion="rrf", filter=None, prefer=None, sparse_text=None):
         self.calls.append(
@@ -34,6 +40,10 @@ class RecordingSearch(FetchContext):
 
     def known_values(self, key, limit=1000):
         return dict(list(self.values.get(key, {}).items())[:limit])
+
+    def count(self, filter):
+        self.counted.append(filter)
+        return self.counts(filter)
 
 
 def make_candidate(i: int, text: str, *, similarity: float = 0.6, page: int | None = 1, **payload: Any) -> Candidate:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from core.vectorstore import Match, MatchAny, Range
+from core.vectorstore import Filter, IsEmpty, Match, MatchAny, Range
 from modules.base import Candidate
 from modules.finance import ALIASES_KEY, COMPANY_YEARS_KEY, FinanceConfig, FinanceModule, extract_filing
 from tests.modules.contract import ModuleContract, RecordingSearch, make_candidate
@@ -135,26 +135,30 @@ def test_fetch_restricts_to_the_company_and_prefers_the_period(question, aliases
     assert query.notes.get("company_aliases", []) == aliases
     [every_year] = search.calls  # the period asked for preferred among all the company's years
     year = query.notes["fiscal_year"]
-    assert Match(key="meta.fiscal_year", value=year) in every_year["prefer"].must
+    if aliases:  # every chunk has the company-and-year key (RecordingSearch counts none without)
+        assert MatchAny(key=COMPANY_YEARS_KEY, any=[f"{a}|{year}" for a in aliases]) in every_year["prefer"].must
+    else:
+        assert Match(key="meta.fiscal_year", value=year) in every_year["prefer"].must
     if aliases:
         assert MatchAny(key=ALIASES_KEY, any=aliases) in every_year["filter"].must
         assert not any(isinstance(c, Match) for c in every_year["filter"].must)
-        # `prefer` is searched as given: it repeats the filter (no company-and-year key here)
-        assert all(c in every_year["prefer"].must for c in every_year["filter"].must)
     else:
         assert every_year["filter"] is None
 
 
-# 3M's chunks: 30 of FY2018 and 20 of FY2022, each with both aliases.
-KEYED = {**KNOWN, COMPANY_YEARS_KEY: {"3m|2018": 30, "mmm|2018": 30, "3m|2022": 20, "mmm|2022": 20, "pepsico|2022": 20,
-                                      "pep|2022": 20}}
+def lacking_the_key(counts: dict[str, int]):
+    """A count of the chunks without the company-and-year key, `counts[alias]` per company asked."""
+    def count(filter: Filter) -> int:
+        [company, empty] = filter.must
+        assert empty == IsEmpty(key=COMPANY_YEARS_KEY)
+        return sum(counts.get(alias, 0) for alias in company.any)
+    return count
 
 
 def test_fetch_prefers_the_company_and_year_as_one_condition_where_every_chunk_has_it() -> None:
     module = FinanceModule()
-    question = "What is the FY2018 capital expenditure amount for 3M in the 10-K?"
-    query = module.analyze(question)
-    search = RecordingSearch([], values=KEYED)
+    query = module.analyze("What is the FY2018 capital expenditure amount for 3M in the 10-K?")
+    search = RecordingSearch([], values=KNOWN, counts=lacking_the_key({"jnj": 3}))
     module.fetch(query, search)
     [call] = search.calls
     assert call["filter"].must == [MatchAny(key=ALIASES_KEY, any=["3m"])]
@@ -162,15 +166,15 @@ def test_fetch_prefers_the_company_and_year_as_one_condition_where_every_chunk_h
 
 
 def test_fetch_prefers_company_and_year_apart_while_some_chunks_lack_the_key() -> None:
-    """Chunks enriched before the key existed (JnJ's here, and one of 3M's) keep the two conditions."""
+    """Chunks enriched before the key existed keep the two conditions: `prefer` then repeats
+    the filter, as the store searches it as given."""
     module = FinanceModule()
-    partly = {**KEYED, COMPANY_YEARS_KEY: {**KEYED[COMPANY_YEARS_KEY], "3m|2022": 19, "mmm|2022": 19}}
-    for question in ("What is the FY2018 capital expenditure amount for 3M?", "Did JnJ raise its dividend in FY2022?"):
-        query = module.analyze(question)
-        search = RecordingSearch([], values=partly)
-        module.fetch(query, search)
-        [call] = search.calls
-        assert call["prefer"].must == [*call["filter"].must, Match(key="meta.fiscal_year", value=query.notes["fiscal_year"])]
+    query = module.analyze("Did JnJ raise its dividend in FY2022?")
+    search = RecordingSearch([], values=KNOWN, counts=lacking_the_key({"jnj": 3}))
+    module.fetch(query, search)
+    [call] = search.calls
+    assert call["prefer"].must == [*call["filter"].must, Match(key="meta.fiscal_year", value=2022)]
+    assert search.counted == [Filter(must=[MatchAny(key=ALIASES_KEY, any=["jnj"]), IsEmpty(key=COMPANY_YEARS_KEY)])]
 
 
 def test_strict_periods_widen_when_too_few_hits() -> None:

@@ -330,11 +330,12 @@ def resolve_companies(question: str, known_aliases: dict[str, int], *, fuzzy: fl
     return matched
 
 
-def _keyed_by_year(aliases: list[str], ctx: FetchContext) -> bool:
-    """Whether every chunk of these companies has the company-and-year key (chunks enriched
-    before the key was added do not, until their file is ingested again)."""
-    lacking = Filter(must=[MatchAny(key=ALIASES_KEY, any=aliases), IsEmpty(key=COMPANY_YEARS_KEY)])
-    return bool(aliases) and ctx.count(lacking) == 0
+def _keyed_by_year(ctx: FetchContext) -> bool:
+    """Whether every chunk that names a company has the company-and-year key (chunks enriched
+    before the key was added do not, until their file is ingested again). One count per
+    collection version: per company, it would be a count the first time each is asked about."""
+    lacking = Filter(must=[IsEmpty(key=COMPANY_YEARS_KEY)], must_not=[IsEmpty(key=ALIASES_KEY)])
+    return ctx.count(lacking) == 0
 
 
 def _meta(c: Candidate) -> dict[str, Any]:
@@ -436,7 +437,7 @@ class FinanceModule(DomainModule[FinanceConfig]):
             # passage of another year (a comparative, an outlook) still competes.
             query.notes["preferred"] = [c.model_dump() for c in preferred]
             prefer = base.and_(*preferred)
-            if year and preferred[0] == Match(key="meta.fiscal_year", value=year) and _keyed_by_year(aliases, ctx):
+            if aliases and preferred[0] == Match(key="meta.fiscal_year", value=year) and _keyed_by_year(ctx):
                 # The company and the year as one condition (see `company_years`).
                 company = MatchAny(key=COMPANY_YEARS_KEY, any=company_years(aliases, year))
                 prefer = Filter(must=[*(c for c in base.must if c != MatchAny(key=ALIASES_KEY, any=aliases)), company, *preferred[1:]])

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import statistics
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,6 +26,20 @@ def valkey(data_dir: Path) -> Iterator[str]:
         yield server.url
     finally:
         asyncio.run(server.stop())
+
+
+def machine_check_ms(repeats: int = 7) -> float:
+    """Median ms of a fixed pure-Python workload: steady on a quiet machine, higher when the
+    machine is slowed down (other work, a busy host). Reported beside latencies, so that runs
+    on a slow machine can be told apart from slow code."""
+    timings = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        total = 0
+        for i in range(200_000):
+            total += i * i % 7
+        timings.append((time.perf_counter() - start) * 1000)
+    return round(statistics.median(timings), 2)
 
 
 def markdown_row(result: dict) -> str:

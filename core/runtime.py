@@ -88,6 +88,7 @@ class ManagedProcess(ABC):
         self.port = port or free_port(host)
         self.log_path = self.data_dir / "logs" / f"{self.name}.log"
         self.startup_s: float | None = None
+        self.start_exit_code: int | None = None
         self._proc: subprocess.Popen[bytes] | None = None
 
     @abstractmethod
@@ -108,9 +109,10 @@ class ManagedProcess(ABC):
 
     async def start(self, timeout_s: float = 120.0) -> None:
         """Start the process and wait until `ready()`; raises `error` with the log's tail
-        if it exits or is not ready within `timeout_s`."""
+        if it exits (its code then in `start_exit_code`) or is not ready within `timeout_s`."""
         if self.running:
             return
+        self.start_exit_code = None
         argv = await self.command()
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         if self.log_path.exists():
@@ -138,6 +140,7 @@ class ManagedProcess(ABC):
         try:
             while not await self.ready():
                 if proc.poll() is not None:
+                    self.start_exit_code = proc.returncode
                     raise self.error(
                         f"{self.name} exited with code {proc.returncode} while starting; {self._log_excerpt()}"
                     )
@@ -203,6 +206,8 @@ def find_llama_server() -> Path:
 
 
 _HELP_CACHE: dict[Path, str] = {}
+# llama-server binaries that died of an illegal instruction with weight repacking on.
+_REPACK_CRASHES: set[Path] = set()
 
 
 async def _help_text(binary: Path) -> str:
@@ -223,6 +228,12 @@ class LlamaServer(ManagedProcess):
     set on the same port, so clients keep their URL. `parallel` slots each get
     `ctx_tokens` of context. `cache_ram_mib` caps llama-server's RAM prompt cache
     (its default, 8 GiB, is most of a small machine).
+
+    A server that dies of an illegal instruction while loading is started once more with
+    weight repacking off (`--no-repack`), and so is every later server of that binary: a
+    build for the CPU it runs on (llama.cpp's default) uses every instruction set the CPU
+    advertises, and some virtual machines advertise AMX without running it, which only
+    the repacked (AMX) matrix kernels use.
     """
 
     name = "llama-server"
@@ -286,9 +297,27 @@ class LlamaServer(ManagedProcess):
         # the server's default scale at 1, which every such request then gets.
         for adapter in self.adapters:
             argv += ["--lora-scaled", f"{adapter}:0"]
-        if "--no-webui" in await _help_text(binary):
+        help_text = await _help_text(binary)
+        if "--no-webui" in help_text:
             argv.append("--no-webui")
+        if binary in _REPACK_CRASHES and "--no-repack" in help_text:
+            argv.append("--no-repack")
         return argv
+
+    async def start(self, timeout_s: float = 120.0) -> None:
+        try:
+            await super().start(timeout_s)
+        except ModelError:
+            binary = self.binary or find_llama_server()
+            if self.start_exit_code != -signal.SIGILL or binary in _REPACK_CRASHES:
+                raise
+            log.warning(
+                "%s died of an illegal instruction while loading; starting it again with weight "
+                "repacking off (--no-repack), as every later server of %s",
+                self.name, binary,
+            )  # fmt: skip
+            _REPACK_CRASHES.add(binary)
+            await super().start(timeout_s)
 
     async def ready(self) -> bool:
         try:

@@ -18,7 +18,7 @@ import logging
 import random
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from pathlib import PurePosixPath
 from typing import Any, Literal
@@ -351,6 +351,22 @@ class ChatClient:
                 log.warning("%s %s failed (%s); retry %d/%d", method, url, failure, attempt + 1, attempts - 1)
                 await asyncio.sleep(min(delay, self.max_backoff_s))
         raise ModelError(f"{self.tier.model}: {failure} (after {attempts} attempts)") from cause
+
+
+def cut_at_stop(result: ChatResult, stops: Sequence[str]) -> ChatResult:
+    """`result` without leading whitespace, ended where the first of `stops` occurs after its
+    text begins (what the server's stop sequences would do had the text not opened with one);
+    its tokens are those that began before the cut, `completion_tokens` stays what was generated."""
+    begin = len(result.text) - len(result.text.lstrip())
+    cut = min((i for i in (result.text.find(s, begin) for s in stops if s) if i >= 0), default=len(result.text))
+    tokens, offset = [], 0
+    for token in result.tokens:
+        if offset >= cut:
+            break
+        if offset + len(token.token) > begin:
+            tokens.append(token)
+        offset += len(token.token)
+    return replace(result, text=result.text[begin:cut], tokens=tokens)
 
 
 def _parse_chat(data: Mapping[str, Any], *, latency_ms: float, requested_model: str) -> ChatResult:

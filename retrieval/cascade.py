@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from core.errors import ModelError
-from core.llm import AdapterRef, ChatResult
+from core.llm import AdapterRef, ChatResult, cut_at_stop
 from core.resources import ModelTierClient
 from core.settings import ModelTier
 from modules.base import Candidate, ModuleConfig
@@ -261,20 +261,42 @@ class Cascade:
         trace: Trace,
         adapter: AdapterRef | None = None,
     ) -> ChatResult:
-        """One answer from a tier, its call (and adapter), latency and cost recorded in the trace."""
+        """One answer from a tier, its calls (and adapter), latency and cost recorded in the trace.
+
+        A base model sometimes opens its answer with a blank line, which a whitespace stop
+        sequence (the small tier's "\\n\\n") ends at once: such an empty answer is asked for
+        once more without the whitespace stops, and cut at the first stop after its text begins.
+        """
         stage = f"generate_{tier.name}"
+        stops = tier.tier.stop
+        messages = build_messages(question, list(context), tier.tier.system_prompt)
+        with trace.timed(stage):
+            result = await self._call(tier, messages, max_tokens, stops, adapter, trace)
+            blank_stops = [s for s in stops if not s.strip()]
+            if not result.text.strip() and result.finish_reason == "stop" and blank_stops:
+                kept = [s for s in stops if s.strip()]
+                again = await self._call(tier, messages, max_tokens, kept, adapter, trace)
+                result = cut_at_stop(again, stops)
+        return result
+
+    async def _call(
+        self,
+        tier: ModelTierClient,
+        messages: list[dict],
+        max_tokens: int,
+        stops: Sequence[str],
+        adapter: AdapterRef | None,
+        trace: Trace,
+    ) -> ChatResult:
+        """One chat call, recorded in the trace with its tokens and cost (or its error)."""
         name = adapter.name if adapter else None
+        started = time.perf_counter()
         try:
-            with trace.timed(stage):
-                result = await tier.client.chat(
-                    build_messages(question, list(context), tier.tier.system_prompt), max_tokens=max_tokens,
-                    stop=tier.tier.stop or None,
-                    adapter=adapter,
-                )
+            result = await tier.client.chat(messages, max_tokens=max_tokens, stop=stops or None, adapter=adapter)
         except ModelError as e:
             trace.model_call(
                 tier=tier.name, model=tier.tier.model, adapter=name, error=e.code,
-                latency_ms=trace.data["latency_ms"][stage],
+                latency_ms=round((time.perf_counter() - started) * 1000, 1),
             )
             raise
         cost = tier_cost(tier.tier, result.prompt_tokens, result.completion_tokens)

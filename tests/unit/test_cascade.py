@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from core.errors import ModelError
-from core.llm import AdapterRef, ChatResult, TokenLogprob
+from core.llm import AdapterRef, ChatResult, TokenLogprob, cut_at_stop
 from core.resources import ModelTierClient
 from core.settings import ModelTier
 from modules.base import Candidate, ModuleConfig
@@ -269,3 +269,42 @@ async def test_other_model_errors_with_an_adapter_are_not_retried() -> None:
     with pytest.raises(ModelError) as raised:
         await answer(tier("small", small), None, config=ModuleConfig(adapter=ADAPTER), on_missing_adapter=reload)
     assert raised.value.code == "model_timeout" and reloads == [] and small.adapters == [ADAPTER]
+
+
+class BlankFirstClient(ScriptedClient):
+    """A base model that opens with a blank line: empty under a "\\n\\n" stop, rambling without."""
+
+    def __init__(self, text: str):
+        super().__init__(text)
+        self.stops: list[list[str]] = []
+
+    async def chat(self, messages, *, max_tokens: int, stop=None, adapter: AdapterRef | None = None) -> ChatResult:
+        self.stops.append(list(stop or []))
+        if "\n\n" in (stop or []):
+            return ChatResult(text="", tokens=[TokenLogprob("\n\n", -0.4)], prompt_tokens=1000, completion_tokens=1,
+                              latency_ms=3.0, model="small-model", finish_reason="stop")
+        pieces = ["\n\n", *self.text.split(" "), "\n\n", "More", " text"]
+        tokens = [TokenLogprob(p if i < 2 else " " + p, -0.05) for i, p in enumerate(pieces)]
+        return ChatResult(text="".join(t.token for t in tokens), tokens=tokens, prompt_tokens=1000,
+                          completion_tokens=len(tokens), latency_ms=3.0, model="small-model", finish_reason="length")
+
+
+async def test_an_answer_a_blank_line_stopped_is_asked_again_and_cut_at_the_next_stop() -> None:
+    small = BlankFirstClient(GOOD)
+    trace = new_trace()
+    settings = ModelTier(url="http://x/v1", model="small-model", stop=["\n\n", "\nQuestion:"])
+    out = await answer(ModelTierClient(name="small", tier=settings, client=small), None, trace=trace)  # type: ignore[arg-type]
+    assert small.stops == [["\n\n", "\nQuestion:"], ["\nQuestion:"]]
+    assert out.text.strip() == GOOD and out.decision == "answered"
+    assert trace.data["confidence"]["features"]["grounding"] == 1.0
+    assert [m["completion_tokens"] for m in trace.data["models"]] == [1, len(GOOD.split(" ")) + 4]
+
+
+def test_cut_at_stop_drops_leading_whitespace_and_what_follows_the_first_stop() -> None:
+    tokens = [TokenLogprob(t, -0.1) for t in ["\n", "\n", "Yes", " [1].", "\n\n", "Question", ":"]]
+    result = ChatResult(text="".join(t.token for t in tokens), tokens=tokens, prompt_tokens=5, completion_tokens=7,
+                        latency_ms=1.0, model="m", finish_reason="length")
+    cut = cut_at_stop(result, ["\n\n", "\nQuestion:"])
+    assert cut.text == "Yes [1]." and [t.token for t in cut.tokens] == ["Yes", " [1]."]
+    assert cut.completion_tokens == 7
+    assert cut_at_stop(result, ["nowhere"]).text == result.text.lstrip()

@@ -17,7 +17,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import Enum
 from pathlib import PurePosixPath
@@ -351,6 +351,21 @@ class ChatClient:
                 log.warning("%s %s failed (%s); retry %d/%d", method, url, failure, attempt + 1, attempts - 1)
                 await asyncio.sleep(min(delay, self.max_backoff_s))
         raise ModelError(f"{self.tier.model}: {failure} (after {attempts} attempts)") from cause
+
+
+async def chat_past_a_blank_opening(
+    chat: Callable[[list[str]], Awaitable[ChatResult]], stops: Sequence[str]
+) -> ChatResult:
+    """`chat(stops)`, asked once more if its answer is empty because it opened with a stop.
+
+    A base model sometimes opens its answer with a blank line, which a whitespace stop
+    sequence (the small tier's "\\n\\n") ends at once: such an answer is asked for again
+    without the whitespace stops and cut at the first stop after its text begins."""
+    result = await chat(list(stops))
+    blank = [s for s in stops if not s.strip()]
+    if result.text.strip() or result.finish_reason != "stop" or not blank:
+        return result
+    return cut_at_stop(await chat([s for s in stops if s.strip()]), stops)
 
 
 def cut_at_stop(result: ChatResult, stops: Sequence[str]) -> ChatResult:

@@ -113,7 +113,7 @@ def run(spec: FinetuneSpec) -> dict[str, Any]:
 
 async def evaluate_served(spec: FinetuneSpec, base_gguf: Path, adapter_gguf: Path, items: list[Tokenized]) -> dict[str, Any]:
     """Held-out accuracy of the base model and the fine-tuned one through llama-server."""
-    from core.llm import AdapterRef, ChatClient
+    from core.llm import AdapterRef, ChatClient, chat_past_a_blank_opening
     from core.runtime import LlamaServer
     from core.settings import ModelTier
     from retrieval.metrics import score_answer
@@ -135,9 +135,12 @@ async def evaluate_served(spec: FinetuneSpec, base_gguf: Path, adapter_gguf: Pat
                 answers = []
                 for i, item in enumerate(items, 1):
                     example: Example = item.example
-                    reply = await client.chat(
-                        example.messages, max_tokens=spec.lora.eval_max_new_tokens, stop=spec.stop, adapter=adapter,
-                        logprobs=False,
+                    reply = await chat_past_a_blank_opening(  # as the cascade answers
+                        lambda stops: client.chat(
+                            example.messages, max_tokens=spec.lora.eval_max_new_tokens, stop=stops or None,
+                            adapter=adapter, logprobs=False,
+                        ),
+                        spec.stop,
                     )
                     text = reply.text.strip()
                     decision = "abstained" if is_no_answer(text) else "answered"

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from core.errors import ModelError
-from core.llm import AdapterRef, ChatResult, cut_at_stop
+from core.llm import AdapterRef, ChatResult, chat_past_a_blank_opening
 from core.resources import ModelTierClient
 from core.settings import ModelTier
 from modules.base import Candidate, ModuleConfig
@@ -261,23 +261,14 @@ class Cascade:
         trace: Trace,
         adapter: AdapterRef | None = None,
     ) -> ChatResult:
-        """One answer from a tier, its calls (and adapter), latency and cost recorded in the trace.
-
-        A base model sometimes opens its answer with a blank line, which a whitespace stop
-        sequence (the small tier's "\\n\\n") ends at once: such an empty answer is asked for
-        once more without the whitespace stops, and cut at the first stop after its text begins.
-        """
-        stage = f"generate_{tier.name}"
-        stops = tier.tier.stop
+        """One answer from a tier, its calls (and adapter), latency and cost recorded in the
+        trace; an empty answer that opened with a stop is asked for once more
+        (`chat_past_a_blank_opening`)."""
         messages = build_messages(question, list(context), tier.tier.system_prompt)
-        with trace.timed(stage):
-            result = await self._call(tier, messages, max_tokens, stops, adapter, trace)
-            blank_stops = [s for s in stops if not s.strip()]
-            if not result.text.strip() and result.finish_reason == "stop" and blank_stops:
-                kept = [s for s in stops if s.strip()]
-                again = await self._call(tier, messages, max_tokens, kept, adapter, trace)
-                result = cut_at_stop(again, stops)
-        return result
+        with trace.timed(f"generate_{tier.name}"):
+            return await chat_past_a_blank_opening(
+                lambda stops: self._call(tier, messages, max_tokens, stops, adapter, trace), tier.tier.stop
+            )
 
     async def _call(
         self,

@@ -313,7 +313,7 @@ class LlamaServer(ManagedProcess):
                 raise
             log.warning(
                 "%s died of an illegal instruction while loading; starting it again with weight "
-                "repacking off (--no-repack), as every later server of %s",
+                "repacking off (--no-repack), as every later server of %s will be",
                 self.name, binary,
             )  # fmt: skip
             _REPACK_CRASHES.add(binary)

@@ -206,8 +206,11 @@ def find_llama_server() -> Path:
 
 
 _HELP_CACHE: dict[Path, str] = {}
-# llama-server binaries that died of an illegal instruction with weight repacking on.
+# llama-server binaries that crashed while loading with weight repacking on.
 _REPACK_CRASHES: set[Path] = set()
+# How the repacked AMX kernels die on a CPU that advertises AMX without running it: an
+# illegal instruction, or (about one start in five here) a segmentation fault in warm-up.
+_REPACK_CRASH_SIGNALS = frozenset({-signal.SIGILL, -signal.SIGSEGV})
 
 
 async def _help_text(binary: Path) -> str:
@@ -229,11 +232,11 @@ class LlamaServer(ManagedProcess):
     `ctx_tokens` of context. `cache_ram_mib` caps llama-server's RAM prompt cache
     (its default, 8 GiB, is most of a small machine).
 
-    A server that dies of an illegal instruction while loading is started once more with
-    weight repacking off (`--no-repack`), and so is every later server of that binary: a
-    build for the CPU it runs on (llama.cpp's default) uses every instruction set the CPU
-    advertises, and some virtual machines advertise AMX without running it, which only
-    the repacked (AMX) matrix kernels use.
+    A server that dies of an illegal instruction or a segmentation fault while loading is
+    started once more with weight repacking off (`--no-repack`), and so is every later
+    server of that binary: a build for the CPU it runs on (llama.cpp's default) uses every
+    instruction set the CPU advertises, and some virtual machines advertise AMX without
+    running it, which only the repacked (AMX) matrix kernels use.
     """
 
     name = "llama-server"
@@ -309,12 +312,12 @@ class LlamaServer(ManagedProcess):
             await super().start(timeout_s)
         except ModelError:
             binary = self.binary or find_llama_server()
-            if self.start_exit_code != -signal.SIGILL or binary in _REPACK_CRASHES:
+            if self.start_exit_code not in _REPACK_CRASH_SIGNALS or binary in _REPACK_CRASHES:
                 raise
             log.warning(
-                "%s died of an illegal instruction while loading; starting it again with weight "
-                "repacking off (--no-repack), as every later server of %s will be",
-                self.name, binary,
+                "%s died of signal %d while loading; starting it again with weight repacking "
+                "off (--no-repack), as every later server of %s will be",
+                self.name, -self.start_exit_code, binary,
             )  # fmt: skip
             _REPACK_CRASHES.add(binary)
             await super().start(timeout_s)

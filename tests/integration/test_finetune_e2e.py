@@ -55,7 +55,7 @@ def test_finetune_evaluate_register_and_answer_with_the_adapter(client: TestClie
     response = client.post("/v1/finetune", json=request)
     assert response.status_code == 202, response.text
     job = wait_for_job(client, response.json()["job_id"], timeout_s=1200)
-    assert job["kind"] == "finetune" and job["state"] == "done", job
+    assert job["kind"] == "finetune" and job["state"] == "done", job["result"]
     result = job["result"]
     adapter_id = result["adapter_id"]
     assert adapter_id.startswith("biomedical-") and not result["reused"]

@@ -1,9 +1,10 @@
-"""`LlamaServer` starts again without weight repacking after an illegal instruction.
+"""`LlamaServer` starts again without weight repacking after a crash while loading.
 
-A real llama-server dies of SIGILL only on a CPU that advertises an instruction set it does
-not run (AMX in some virtual machines), which a test cannot choose; so these tests start a
-stand-in binary that does what such a server does: it dies of SIGILL unless given
-`--no-repack`, and otherwise answers `/health` like llama-server.
+A real llama-server dies of SIGILL (or SIGSEGV) while loading only on a CPU that advertises
+an instruction set it does not run (AMX in some virtual machines), which a test cannot
+choose; so these tests start a stand-in binary that does what such a server does: it dies of
+the signal `FAKE_SIGNAL` names unless given `--no-repack`, and otherwise answers `/health`
+like llama-server.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ if "--help" in args:
 if os.environ.get("FAKE_EXIT_CODE"):
     sys.exit(int(os.environ["FAKE_EXIT_CODE"]))
 if "--no-repack" not in args:
-    os.kill(os.getpid(), signal.SIGILL)
+    os.kill(os.getpid(), getattr(signal, os.environ["FAKE_SIGNAL"]))
 
 class Health(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
@@ -60,9 +61,11 @@ def _argv_logged(log: Path) -> str:
     return log.read_text().splitlines()[0]
 
 
-async def test_an_illegal_instruction_while_loading_starts_it_again_without_repacking(
-    tmp_path: Path, binary: Path, gguf: Path
+@pytest.mark.parametrize("crash", ["SIGILL", "SIGSEGV"])
+async def test_a_crash_while_loading_starts_it_again_without_repacking(
+    tmp_path: Path, binary: Path, gguf: Path, crash: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setenv("FAKE_SIGNAL", crash)
     server = LlamaServer(gguf, data_dir=tmp_path / "first", binary=binary)
     await server.start(timeout_s=30)
     try:
@@ -85,6 +88,7 @@ async def test_an_illegal_instruction_while_loading_starts_it_again_without_repa
 async def test_any_other_exit_while_starting_is_an_error_without_a_second_try(
     tmp_path: Path, binary: Path, gguf: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setenv("FAKE_SIGNAL", "SIGILL")
     monkeypatch.setenv("FAKE_EXIT_CODE", "3")
     server = LlamaServer(gguf, data_dir=tmp_path, binary=binary)
     with pytest.raises(ModelError, match="exited with code 3"):

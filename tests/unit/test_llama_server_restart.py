@@ -88,7 +88,6 @@ async def test_a_crash_while_loading_starts_it_again_without_repacking(
 async def test_any_other_exit_while_starting_is_an_error_without_a_second_try(
     tmp_path: Path, binary: Path, gguf: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("FAKE_SIGNAL", "SIGILL")
     monkeypatch.setenv("FAKE_EXIT_CODE", "3")
     server = LlamaServer(gguf, data_dir=tmp_path, binary=binary)
     with pytest.raises(ModelError, match="exited with code 3"):

@@ -5,9 +5,10 @@ A "Yes" to "does this contract have such a clause?" can be read only when the an
 reaches the context the legal module curates; a "No" (the contract has none) is an absence
 judgement, right from any context. For each module config given, every yes/no dev question
 goes through the module's stages as at query time (the set's index in `bench/.data`, built by
-`bench.retrieval_eval`; gold contracts missing from it are added), and this reports the share of "Yes" questions whose clause is in the
-context, the accuracy of a reader that says "Yes" exactly when it is (the most any model
-answering from that context can score, short of guessing), and that of always saying "Yes".
+`bench.retrieval_eval`; gold contracts missing from it are added), and this reports the share
+of "Yes" questions whose clause is in the context, the accuracy of a reader that says "Yes"
+exactly when it is (the most any model answering from that context can score, short of
+guessing), and that of always saying "Yes".
 
     python -m bench.evidence_ceiling --configs '{"max_chunks": 2, "context_tokens": 600}' \\
         '{"max_chunks": 5, "context_tokens": 1100}' '{"max_chunks": 8, "context_tokens": 2400}'
@@ -86,7 +87,8 @@ def main() -> None:
     try:
         # What the index holds stays (the fine-tuning runs' distractors); missing gold contracts are added.
         held = json.loads(index.manifest_path.read_text()) if index.manifest_path.exists() else {}
-        index.ensure_ingested(sorted({*(corpus / name for name in held), *(corpus / f"{d}.txt" for p in pairs for d in p.doc_ids)}))
+        gold = {corpus / f"{d}.txt" for p in pairs for d in p.doc_ids}
+        index.ensure_ingested(sorted({*(corpus / name for name in held), *gold}))
         rows = [measure(pairs, overrides, index) for overrides in args.configs]
     finally:
         index.close()

@@ -21,29 +21,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import statistics
 from typing import Any
 
 from bench.common import EVAL_DIR, RESULTS_DIR
 from bench.finetune_bench import load_pairs
 from bench.retrieval_eval import EvalIndex, domain_module_key
+from finetune.data import holds_evidence
 
 SET = "cuad"
-PRESENT = 0.6
-_WORD = re.compile(r"\w+")
-
-
-def shingles(text: str, n: int = 4) -> set[tuple[str, ...]]:
-    words = [w.lower() for w in _WORD.findall(text)]
-    return {tuple(words[i : i + n]) for i in range(max(len(words) - n + 1, 1))}
-
-
-def clause_present(evidence: list[str], context: str) -> bool:
-    """One annotated span with at least `PRESENT` of its word 4-grams in `context`."""
-    in_context = shingles(context)
-    spans = [shingles(span) for span in evidence if len(_WORD.findall(span)) >= 4]
-    return any(len(span & in_context) / len(span) >= PRESENT for span in spans)
+PRESENT = 0.6  # of a span's word 4-grams, in the whole context
 
 
 def measure(pairs, overrides: dict[str, Any], index: EvalIndex) -> dict[str, Any]:
@@ -59,7 +46,7 @@ def measure(pairs, overrides: dict[str, Any], index: EvalIndex) -> dict[str, Any
         context = "\n\n".join(c.model_text for c in curate(module, pair.question, search).kept)
         tokens.append(approx_tokens(context))
         if pair.answers[0] == "Yes":
-            found = clause_present(pair.evidence, context)
+            found = holds_evidence(context, pair.evidence, share=PRESENT)
             present += found
             readable += found
         else:

@@ -28,11 +28,12 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import ValidationFailedError
-from modules.base import Candidate
+from modules.base import Candidate, shingles
 from retrieval.prompting import NO_ANSWER, build_messages
 
 MAX_PROBLEMS_SHOWN = 20
 _WS = re.compile(r"\s+")
+_WORD = re.compile(r"\w+")
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z])")
 
 
@@ -152,15 +153,30 @@ def _squash(text: str) -> str:
     return _WS.sub(" ", text).strip().lower()
 
 
+def holds_evidence(text: str, evidence: Sequence[str], share: float = 0.5) -> bool:
+    """Whether `text` holds `share` of the word 4-grams of one annotated evidence span: a span
+    may cross a chunk's edge, or differ from the stored text in whitespace and punctuation.
+    Spans of fewer than four words are not evidence of anything."""
+    held = shingles(text, n=4)
+    spans = [shingles(span, n=4) for span in _checkable(evidence)]
+    return any(len(span & held) / len(span) >= share for span in spans)
+
+
+def _checkable(evidence: Sequence[str]) -> list[str]:
+    return [span for span in evidence if len(_WORD.findall(span)) >= 4]
+
+
 def citation_for(pair: Pair, context: Sequence[Candidate]) -> int | None:
-    """The 1-based number of the source that holds the answer: the first one containing a
-    gold evidence span or answer, else the first from a gold document; None if no source
-    is known to hold it."""
-    texts = [_squash(c.text) for c in context]
-    spans = [_squash(s) for s in [*pair.evidence, *pair.answers] if len(s) >= 4]
-    for i, text in enumerate(texts, 1):
-        if any(s in text for s in spans):
+    """The 1-based number of the source that holds the answer: the first one holding an
+    annotated evidence span, or the answer itself; for a pair without annotated evidence, else
+    the first from a gold document; None if no source is known to hold it (a pair whose
+    evidence is annotated is held only where that evidence is)."""
+    answers = [_squash(a) for a in pair.answers if len(a) >= 4]
+    for i, c in enumerate(context, 1):
+        if holds_evidence(c.text, pair.evidence) or any(a in _squash(c.text) for a in answers):
             return i
+    if _checkable(pair.evidence):
+        return None
     # Evaluation sets name documents by file stem; ids may hold dots ("Inc._-_EX-10.10").
     gold = set(pair.doc_ids)
     for i, c in enumerate(context, 1):
@@ -172,9 +188,10 @@ def citation_for(pair: Pair, context: Sequence[Candidate]) -> int | None:
 def target_answer(pair: Pair, context: Sequence[Candidate]) -> str:
     """The completion to learn for `pair` given the curated `context`.
 
-    The no-answer reply when the pair is unanswerable, or when it names gold documents and
-    none of them reached the context (the model must not learn to answer without the
-    evidence). Otherwise the reference answer with a citation: PubMedQA's label, with the
+    The no-answer reply when the pair is unanswerable, when it names gold documents and none
+    of them reached the context, or when its annotated evidence did not (a CUAD "Yes" whose
+    clause is not among the sources): the model must not learn to answer without the
+    evidence. Otherwise the reference answer with a citation: PubMedQA's label, with the
     first sentence of its conclusion only when the cited source states it ("Yes. Intubation
     took twice as long [1]"; PubMedQA's corpus withholds the conclusions, so there it is "Yes
     [1].": a model taught to write sentences its context lacks learns to invent them), CUAD's
@@ -184,7 +201,7 @@ def target_answer(pair: Pair, context: Sequence[Candidate]) -> str:
     if not pair.answerable:
         return NO_ANSWER
     cite = citation_for(pair, context)
-    if cite is None and pair.doc_ids:
+    if cite is None and (pair.doc_ids or _checkable(pair.evidence)):
         return NO_ANSWER
     marker = f" [{cite}]" if cite else ""
     reference = pair.answers[0]

@@ -14,6 +14,7 @@ from finetune.data import (
     Pair,
     build_examples,
     examples_hash,
+    holds_evidence,
     parse_pairs,
     read_examples,
     split_examples,
@@ -91,12 +92,35 @@ def test_cuad_targets_cite_the_clause_holding_the_evidence() -> None:
     assert target_answer(yes, context) == "Yes [2]."
     no = Pair(id="n", question="Non-compete?", answers=["No"], doc_ids=["cuad_a"])
     assert target_answer(no, context) == "No."
+    # The clause split between two chunks, with other whitespace: cited where most of it is.
+    split = [
+        candidate("cuad_a", "2TheMart may inspect. Once every twelve"),
+        candidate("cuad_a", "(12)\n months , 2TheMart through a CPA may  inspect and audit such records."),
+    ]
+    assert target_answer(yes, split) == "Yes [2]."
+    # The contract reached the context but its clause did not: a "Yes" there would be a guess.
+    assert target_answer(yes, context[:1]) == NO_ANSWER
     dotted = "cuad_Zounds_Hearing_Inc._-_MANUFACTURING_AGREEMENT_EX-10.10"
-    unquoted = Pair(id="u", question="Audit rights?", answers=["Yes"], doc_ids=[dotted], evidence=["not in the text"])
-    assert target_answer(unquoted, [candidate("other", "x"), candidate(dotted, "Audit...")]) == "Yes [2]."
+    absent = Pair(id="u", question="Non-compete?", answers=["No"], doc_ids=[dotted])
+    assert target_answer(absent, [candidate("other", "x"), candidate(dotted, "Audit...")]) == "No."
+    assert target_answer(absent, [candidate("other", "x")]) == NO_ANSWER
     span = Pair(id="d", question="Agreement date?", answers=["6/21/1999", "June 21, 1999"], doc_ids=["cuad_a"])
     dated = [candidate("cuad_a", "This Agreement is made on June 21, 1999 by and between ...")]
     assert target_answer(span, dated) == "June 21, 1999 [1]"
+
+
+CLAUSE = "Licensee shall not assign this Agreement without the prior written consent of Licensor."
+
+
+def test_evidence_is_held_across_a_chunk_edge_but_not_as_scattered_words() -> None:
+    assert holds_evidence("7. Assignment. Licensee shall not assign this Agreement without the prior written", [CLAUSE])
+    assert not holds_evidence("7. Assignment. Licensee shall not assign this Agreement", [CLAUSE])
+    assert holds_evidence("Licensee shall not assign this Agreement\n\nwithout the prior written consent", [CLAUSE], 0.6)
+    scattered = "Licensor may assign. The Agreement needs consent. Licensee shall pay; prior notice is written."
+    assert not holds_evidence(scattered, [CLAUSE])
+    # Any annotated span counts; one of fewer than four words is no evidence of anything.
+    assert holds_evidence(f"Section 9. {CLAUSE}", ["No.", CLAUSE])
+    assert not holds_evidence("No. 5 of the schedule", ["No."])
 
 
 def test_examples_carry_the_served_messages_and_a_stable_content_address() -> None:

@@ -90,7 +90,7 @@ def run_seed(args, seed: int) -> dict[str, Any]:
     lora = LoraSettings(
         rank=args.rank, alpha=2.0 * args.rank, epochs=args.epochs, max_steps=args.max_steps, batch_size=args.batch_size,
         learning_rate=args.lr, eval_fraction=eval_fraction, seed=seed, threads=args.threads,
-        eval_max_new_tokens=args.eval_tokens,
+        eval_max_new_tokens=args.eval_tokens, **({"target_modules": args.target_modules} if args.target_modules else {}),
     )
     data_hash = examples_hash(examples)
     data_file = WORK_DIR / "data" / f"{data_hash}.jsonl"
@@ -122,6 +122,7 @@ def main() -> None:
     parser.add_argument("--max-chunks", type=int, help="Module config override for the small tier.")
     parser.add_argument("--context-tokens", type=int, help="Module config override for the small tier.")
     parser.add_argument("--rank", type=int, default=16)
+    parser.add_argument("--target-modules", nargs="+", help="Linear layers that get adapters (default: attention).")
     parser.add_argument("--epochs", type=float, default=1.0)
     parser.add_argument("--max-steps", type=int)
     parser.add_argument("--batch-size", type=int, default=4)

@@ -9,6 +9,13 @@ calibrated label decision could reach), and the yes-vs-no AUC of log P(yes) - lo
 Unanswerable questions count as wrong: a label is never an abstention.
 
     python -m bench.label_scores bench/.data/finetune/adapters/biomedical-a15e60ccd44f
+
+`--base-only` scores the small tier's model without the adapter, on the answerable examples:
+with `SIEVE_SMALL__*` settings, another model on the same examples (does a larger model read
+the evidence?):
+
+    SIEVE_SMALL__GGUF=qwen2.5-coder-1.5b-instruct SIEVE_SMALL__CHAT_TEMPLATE= \
+        python -m bench.label_scores bench/.data/finetune/adapters/legal-45f6f1d7ec7d --base-only
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ LABELS = ("yes", "no", "maybe")
 OFFSETS = [x / 5 for x in range(-30, 31)]  # -6.0 .. 6.0 nats
 
 
-async def first_token_scores(adapter_dir: Path) -> list[dict[str, Any]]:
+async def first_token_scores(adapter_dir: Path, models: tuple[str, ...] = ("base", "tuned")) -> list[dict[str, Any]]:
     """Per example: part (train/held), gold label, and label log-probabilities per model."""
     from core.llm import AdapterRef, ChatClient
     from core.models import resolve_gguf
@@ -38,12 +45,16 @@ async def first_token_scores(adapter_dir: Path) -> list[dict[str, Any]]:
     lora = meta["hyperparameters"]
     examples = read_examples(WORK_DIR / "data" / f"{meta['data_hash']}.jsonl")
     train, held = split_examples(examples, eval_fraction=lora["eval_fraction"], seed=lora["seed"])
+    with_adapter = "tuned" in models
+    if not with_adapter:  # another model's label signal: the unanswerable questions hold none
+        train, held = ([e for e in part if e.answerable] for part in (train, held))
     settings = Settings()
     adapter = adapter_dir / f"{adapter_dir.name}.gguf"
+    scale = {"base": 0.0, "tuned": 1.0}
     server = LlamaServer(
         resolve_gguf(settings.small.gguf, settings.resolved_models_dir),
         data_dir=adapter_dir / "label_scores", alias="label-scores", ctx_tokens=2048, threads=2,
-        adapters=[adapter], chat_template=chat_template_path(settings.small.chat_template),
+        adapters=[adapter] if with_adapter else [], chat_template=chat_template_path(settings.small.chat_template),
     )  # fmt: skip
     await server.start()
     rows = []
@@ -53,9 +64,9 @@ async def first_token_scores(adapter_dir: Path) -> list[dict[str, Any]]:
             for part, items in (("train", train), ("held", held)):
                 for example in items:
                     row: dict[str, Any] = {"id": example.id, "part": part, "gold": _gold(example)}
-                    for model, scale in (("base", 0.0), ("tuned", 1.0)):
-                        reply = await client.chat(example.messages, max_tokens=1, top_logprobs=20,
-                                                  adapter=AdapterRef(adapter.stem, scale=scale))  # fmt: skip
+                    for model in models:
+                        ref = AdapterRef(adapter.stem, scale=scale[model]) if with_adapter else None
+                        reply = await client.chat(example.messages, max_tokens=1, top_logprobs=20, adapter=ref)
                         row[model] = _label_logprobs(reply.tokens[0].top if reply.tokens else [])
                     rows.append(row)
     finally:
@@ -96,7 +107,7 @@ def yes_no_auc(rows: list[dict], model: str) -> float:
     return sum((y > n) + 0.5 * (y == n) for y in yes for n in no) / (len(yes) * len(no))
 
 
-def summarize(rows: list[dict]) -> dict[str, Any]:
+def summarize(rows: list[dict], models: tuple[str, ...] = ("base", "tuned")) -> dict[str, Any]:
     train = [r for r in rows if r["part"] == "train"]
     held = [r for r in rows if r["part"] == "held"]
     out: dict[str, Any] = {
@@ -104,7 +115,7 @@ def summarize(rows: list[dict]) -> dict[str, Any]:
         "held_gold": {g: sum(r["gold"] == g for r in held) for g in (*LABELS, "unanswerable")},
         "always_yes": round(sum(r["gold"] == "yes" for r in held) / len(held), 3),
     }  # fmt: skip
-    for model in ("base", "tuned"):
+    for model in models:
         offsets = fit_offsets(train, model)
         out[model] = {
             "first_label_accuracy": round(accuracy(held, model), 3),
@@ -112,17 +123,24 @@ def summarize(rows: list[dict]) -> dict[str, Any]:
             "offset_label_accuracy": round(accuracy(held, model, offsets), 3),
             "yes_no_auc": round(yes_no_auc(held, model), 3),
         }
+    # The base model never saw the training part: its AUC over every example is the steadier one.
+    out["base"]["yes_no_auc_all_examples"] = round(yes_no_auc(rows, "base"), 3)
     return out
 
 
 def main() -> None:
+    from core.settings import Settings
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("adapter_dir", type=Path, help="A run's adapter directory (holds adapter.json).")
+    parser.add_argument("--base-only", action="store_true", help="The small tier's model alone, no adapter.")
     args = parser.parse_args()
-    rows = asyncio.run(first_token_scores(args.adapter_dir))
-    result = {"adapter": args.adapter_dir.name, **summarize(rows)}
+    models = ("base",) if args.base_only else ("base", "tuned")
+    rows = asyncio.run(first_token_scores(args.adapter_dir, models))
+    name = f"{args.adapter_dir.name}_{Settings().small.gguf}" if args.base_only else args.adapter_dir.name
+    result = {"adapter": args.adapter_dir.name, "model": Settings().small.gguf, **summarize(rows, models)}
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    (RESULTS_DIR / f"label_scores_{args.adapter_dir.name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    (RESULTS_DIR / f"label_scores_{name}.json").write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
 
 

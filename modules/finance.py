@@ -98,6 +98,44 @@ _QUESTION_WORDS = frozenset(
 )
 _TOKEN = re.compile(r"[A-Za-z0-9&]+(?:[.\-][A-Za-z0-9&]+)*")
 
+# What a question calls a statement or a metric, and the words filings print for it: the
+# question says "capital expenditure", the cash flow statement "Purchases of property, plant
+# and equipment". Added to the BM25 side of the search (`FinanceConfig.expand_line_items`).
+LINE_ITEMS: list[tuple[re.Pattern[str], str]] = [
+    (re.compile(p, re.I), terms) for p, terms in [
+        (r"cash ?flows? statement|statements? of cash ?flows?",
+         "consolidated statements of cash flows net cash provided by operating activities investing activities "
+         "financing activities"),
+        (r"balance sheet|statements? of financial position",
+         "consolidated balance sheets total assets total current assets total current liabilities "
+         "shareholders equity"),
+        (r"income statement|statements? of (?:income|operations|earnings)|\bP&L\b|profit and loss",
+         "consolidated statements of income operations net sales total revenues cost of sales operating income "
+         "net income"),
+        (r"capital expenditure|\bcapex\b",
+         "purchases of property, plant and equipment additions to property capital expenditures"),
+        (r"\bPP&E\b|\bPPNE\b|property,? plant|fixed asset",
+         "property, plant and equipment net accumulated depreciation"),
+        (r"free cash ?flow|\bFCF\b",
+         "net cash provided by operating activities purchases of property, plant and equipment"),
+        (r"working capital|quick ratio|current ratio|liquidity",
+         "total current assets total current liabilities inventories cash and cash equivalents"),
+        (r"dividend", "dividends paid cash dividends declared per share"),
+        (r"cost of goods sold|\bCOGS\b|gross margin|inventory turnover",
+         "cost of sales cost of products sold gross margin inventories"),
+        (r"operating (?:income|margin|profit)", "operating income operating profit"),
+        (r"return on assets|\bROA\b", "net income total assets"),
+        (r"days payable|\bDPO\b|accounts payable", "accounts payable cost of sales"),
+        (r"\bdebt\b|borrowings", "long-term debt current portion of long-term debt short-term borrowings"),
+        (r"repurchase|buyback", "purchases of common stock share repurchase program treasury stock"),
+        (r"effective tax rate", "effective tax rate provision for income taxes"),
+        (r"restructuring", "restructuring and impairment charges"),
+        (r"securities registered|registered to trade|national securities exchange",
+         "securities registered pursuant to Section 12(b) of the Act title of each class trading symbol "
+         "name of each exchange on which registered"),
+    ]
+]
+
 
 class FinanceConfig(ModuleConfig):
     """Settings of the finance module (SEC filings and earnings releases)."""
@@ -136,6 +174,12 @@ class FinanceConfig(ModuleConfig):
     )
     expand_abbreviations: bool = Field(
         True, description="Spell out financial abbreviations (EPS, SG&A, PP&E, ...) at their first use."
+    )
+    expand_line_items: bool = Field(
+        True,
+        description="Search with the question plus the words filings print for the statements and metrics it "
+        "names (\"capital expenditure\": \"purchases of property, plant and equipment\"; the module's LINE_ITEMS), "
+        "on the keyword (BM25) side of the search.",
     )
 
 
@@ -283,6 +327,11 @@ def question_periods(question: str) -> tuple[int | None, int | None, list[str]]:
     return year, quarter, [p.label for p in explicit]
 
 
+def line_item_terms(question: str) -> str:
+    """The words filings print for the statements and metrics the question names ("" if none)."""
+    return " ".join(dict.fromkeys(terms for pattern, terms in LINE_ITEMS if pattern.search(question)))
+
+
 def question_mentions(question: str) -> list[str]:
     """Capitalised phrases that may name a company ("American Express", "JnJ", "3M")."""
     mentions = []
@@ -385,6 +434,8 @@ class FinanceModule(DomainModule[FinanceConfig]):
         doc_types = [t for t, pattern in _QUESTION_DOC_TYPES if pattern.search(question)]
         query = Query(text=question, entities=question_mentions(question), periods=labels, doc_types=doc_types)
         query.notes.update({"fiscal_year": year, "fiscal_quarter": quarter})
+        if self.config.expand_line_items and (terms := line_item_terms(question)):
+            query.notes["search_text"] = f"{question} {terms}"
         if self.config.doc_types:
             query.filter = Filter(must=[MatchAny(key="meta.doc_type", any=list(self.config.doc_types))])
         return query
@@ -405,7 +456,7 @@ class FinanceModule(DomainModule[FinanceConfig]):
         def search(extra: list[Any], prefer: Filter | None = None) -> list[Candidate]:
             f = base.and_(*extra) if extra else base
             return ctx.search(query.text, limit=cfg.top_k, mode=cfg.retrieval, fusion=cfg.fusion,
-                              filter=f if f.must else None, prefer=prefer)
+                              filter=f if f.must else None, prefer=prefer, sparse_text=query.notes.get("search_text"))
 
         year, quarter = query.notes.get("fiscal_year"), query.notes.get("fiscal_quarter")
         preferred: list[Any] = []

@@ -9,7 +9,14 @@ import pytest
 
 from core.vectorstore import Filter, IsEmpty, Match, MatchAny, Range
 from modules.base import Candidate
-from modules.finance import ALIASES_KEY, COMPANY_YEARS_KEY, FinanceConfig, FinanceModule, extract_filing
+from modules.finance import (
+    ALIASES_KEY,
+    COMPANY_YEARS_KEY,
+    FinanceConfig,
+    FinanceModule,
+    extract_filing,
+    line_item_terms,
+)
 from tests.modules.contract import ModuleContract, RecordingSearch, make_candidate
 
 pytestmark = pytest.mark.unit
@@ -174,6 +181,28 @@ def test_fetch_prefers_company_and_year_apart_while_some_chunks_lack_the_key() -
     [call] = search.calls
     assert call["prefer"].must == [*call["filter"].must, Match(key="meta.fiscal_year", value=2022)]
     assert len(search.counted) == 1
+
+
+def test_line_items_give_the_words_filings_print() -> None:
+    capex = line_item_terms("What is 3M's FY2018 capital expenditure, from the cash flow statement?")
+    assert "purchases of property, plant and equipment" in capex
+    assert "consolidated statements of cash flows" in capex
+    assert "total current liabilities" in line_item_terms("Has AMCOR's quick ratio improved?")
+    assert line_item_terms("Is Boeing's business subject to cyclicality?") == ""
+
+
+def test_fetch_adds_the_line_items_to_the_keyword_side_only() -> None:
+    question = "What is the FY2018 capital expenditure amount for 3M?"
+    search = RecordingSearch([], values=KNOWN)
+    FinanceModule().fetch(FinanceModule().analyze(question), search)
+    [call] = search.calls
+    assert call["text"] == question  # the embedding reads the question alone
+    assert call["sparse_text"] == f"{question} {line_item_terms(question)}"
+
+    search = RecordingSearch([], values=KNOWN)
+    module = FinanceModule(FinanceConfig(expand_line_items=False))
+    module.fetch(module.analyze(question), search)
+    assert search.calls[0]["sparse_text"] is None
 
 
 def test_strict_periods_widen_when_too_few_hits() -> None:

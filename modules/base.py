@@ -105,6 +105,8 @@ class Query:
     periods: list[str] = field(default_factory=list)
     doc_types: list[str] = field(default_factory=list)
     filter: Filter | None = None
+    #: What `analyze` found, for the later stages and the trace. `notes["search_text"]`, where a
+    #: module sets it, is what the BM25 side of the search reads instead of `text`.
     notes: dict[str, Any] = field(default_factory=dict)
 
 
@@ -185,6 +187,7 @@ class DomainModule(ABC, Generic[ConfigT]):
             mode=cfg.retrieval,
             fusion=cfg.fusion,
             filter=query.filter if cfg.use_question_filters else None,
+            sparse_text=query.notes.get("search_text"),
         )
 
     def normalize(self, query: Query, candidates: list[Candidate]) -> list[Candidate]:

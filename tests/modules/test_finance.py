@@ -204,6 +204,13 @@ def test_fetch_adds_the_line_items_to_the_keyword_side_only() -> None:
     module.fetch(module.analyze(question), search)
     assert search.calls[0]["sparse_text"] is None
 
+    # Line items are not a filter: they stay when the question's filters are off.
+    search = RecordingSearch([], values=KNOWN)
+    module = FinanceModule(FinanceConfig(use_question_filters=False))
+    module.fetch(module.analyze(question), search)
+    assert search.calls[0]["filter"] is None
+    assert search.calls[0]["sparse_text"] == f"{question} {line_item_terms(question)}"
+
 
 def test_strict_periods_widen_when_too_few_hits() -> None:
     module = FinanceModule(FinanceConfig(period_filter="strict", min_period_hits=3))
